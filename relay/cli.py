@@ -1,0 +1,197 @@
+"""The `relay` command: run, check, deliveries, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from relay import __version__
+from relay.app import compile_config, create_app
+from relay.config import Config, load_config, parse_listen
+from relay.errors import ConfigError, StoreError
+from relay.store import open_store
+
+log = logging.getLogger("relay")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    command: int = args.command(args)
+    return command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="A webhook relay.")
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
+        return sub
+
+    command("run", "Run the daemon.").set_defaults(command=run)
+    command("check", "Load and compile the config; list every problem.").set_defaults(command=check)
+    listing = command("deliveries", "List deliveries, newest first.")
+    listing.add_argument("--state", choices=["pending", "delivered", "dead"])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(command=deliveries)
+    replay = command("replay", "Make dead deliveries pending again.")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[], help="delivery ids")
+    which.add_argument("--all-dead", action="store_true", help="every dead delivery")
+    replay.set_defaults(command=replay_dead)
+    return parser
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return None
+
+
+def _print_problems(path: Path, problems: Sequence[str]) -> None:
+    print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+
+    async def compile_all() -> str:
+        async with aiohttp.ClientSession() as session:
+            compiled = compile_config(config, session)
+            for warning in compiled.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            return compiled.summary()
+
+    try:
+        summary = asyncio.run(compile_all())
+    except ConfigError as exc:
+        _print_problems(args.config, exc.problems)
+        return 1
+    print(f"{args.config}: OK: {summary}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    try:
+        _run_loop(serve(config))
+    except ConfigError as exc:
+        _print_problems(args.config, exc.problems)
+        return 1
+    except (StoreError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _run_loop(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period."""
+    app = await create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = parse_listen(config.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=5.0)
+        await site.start()
+        log.info("relay %s listening on %s, store %s", __version__, config.listen, config.store)
+        await stop.wait()
+        log.info("shutting down: no new requests; finishing deliveries in flight")
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def deliveries(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+
+    async def show() -> None:
+        store = open_store(config.store, time.time)
+        await store.open(daemon=False)
+        try:
+            for record in await store.deliveries(args.state, args.limit):
+                due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
+                status = record.last_status if record.last_status is not None else "-"
+                print(
+                    f"{record.id}\t{record.state}\t{record.target}\t{record.source}/{record.event_id}"
+                    f"\t{record.event_type}\tattempts={record.attempts}\tstatus={status}"
+                    f"\tdue={due}\t{record.last_error or ''}"
+                )
+        finally:
+            await store.close()
+
+    return _store_command(show())
+
+
+def replay_dead(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+
+    async def revive() -> None:
+        store = open_store(config.store, time.time)
+        await store.open(daemon=False)
+        try:
+            count = await store.replay(None if args.all_dead else args.ids)
+        finally:
+            await store.close()
+        print(f"{count} dead deliveries are pending again")
+
+    return _store_command(revive())
+
+
+def _store_command(coro: object) -> int:
+    try:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    except StoreError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,183 @@
+"""Delivery workers: claim due deliveries, send, record the result, schedule retries.
+
+One worker per target keeps up to `concurrency` attempts in flight. Attempts are leased in the
+store, so a crashed process's work becomes due again; retry times live in the store too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+
+from relay.errors import StoreError
+from relay.events import Delivered, Delivery, Failed, Outcome, Retry
+from relay.metrics import Metrics
+from relay.retry import GiveUp
+from relay.store.base import Store
+from relay.targets.base import Target
+
+log = logging.getLogger("relay.delivery")
+
+POLL_INTERVAL_S = 1.0  # how often to look for work nobody told us about (retries, replicas)
+MIN_WAIT_S = 0.01
+STORE_ERROR_PAUSE_S = 1.0
+
+
+class TargetWorker:
+    def __init__(
+        self,
+        target: Target,
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        rng: Callable[[], float],
+    ) -> None:
+        self.target = target
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name=f"worker:{self.target.name}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self._claim()
+                if claimed:
+                    continue
+                await self._wait(await self._seconds_until_due())
+            except StoreError as exc:
+                log.error("target %s: %s", self.target.name, exc)
+                await self._wait(STORE_ERROR_PAUSE_S)
+
+    async def _claim(self) -> int:
+        free = self.target.concurrency - len(self._in_flight)
+        if free <= 0:
+            return 0
+        deliveries = await self._store.claim(self.target.name, free, self.target.lease_s)
+        for delivery in deliveries:
+            task = asyncio.create_task(self._attempt(delivery))
+            self._in_flight[task] = delivery
+            task.add_done_callback(self._done)
+        return len(deliveries)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._wake.set()
+
+    async def _seconds_until_due(self) -> float:
+        if len(self._in_flight) >= self.target.concurrency:
+            return POLL_INTERVAL_S
+        due = await self._store.next_due_at(self.target.name)
+        if due is None:
+            return POLL_INTERVAL_S
+        return min(POLL_INTERVAL_S, max(MIN_WAIT_S, due - self._clock()))
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            outcome = await self.target.send(delivery)
+        except Exception as exc:  # a bug in a target must not stop its worker
+            log.exception(
+                "target %s: event %s: unexpected error", self.target.name, delivery.event.id
+            )
+            outcome = Retry(f"internal error: {exc!r}")
+        await self._record(delivery, outcome)
+
+    async def _record(self, delivery: Delivery, outcome: Outcome) -> None:
+        name, event_id = self.target.name, delivery.event.id
+        if isinstance(outcome, Delivered):
+            self._metrics.attempts.labels(name, "delivered").inc()
+            await self._store.record(delivery.id, "delivered", status=outcome.status)
+            return
+        if isinstance(outcome, Failed):
+            reason, status = outcome.reason, outcome.status
+        else:
+            decision = self.target.policy.decide(
+                outcome, delivery.attempt, delivery.first_attempt_at, self._clock(), self._rng
+            )
+            if not isinstance(decision, GiveUp):
+                self._metrics.attempts.labels(name, "retry").inc()
+                log.info(
+                    "target %s: event %s attempt %d: %s; retrying in %.1fs",
+                    name,
+                    event_id,
+                    delivery.attempt,
+                    outcome.reason,
+                    decision.at - self._clock(),
+                )
+                await self._store.record(
+                    delivery.id,
+                    "pending",
+                    next_attempt_at=decision.at,
+                    status=outcome.status,
+                    error=outcome.reason,
+                )
+                return
+            reason, status = decision.reason, outcome.status
+        self._metrics.attempts.labels(name, "dead").inc()
+        log.warning("target %s: event %s is dead: %s", name, event_id, reason)
+        await self._store.record(delivery.id, "dead", status=status, error=reason)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; give attempts in flight `grace_s` to finish; release the rest."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        pending = list(self._in_flight)
+        if pending:
+            _, still_running = await asyncio.wait(pending, timeout=grace_s)
+            if still_running:
+                unfinished = [self._in_flight[t].id for t in still_running if t in self._in_flight]
+                for task in still_running:
+                    task.cancel()
+                await asyncio.gather(*still_running, return_exceptions=True)
+                with contextlib.suppress(StoreError):
+                    await self._store.release(unfinished)
+
+
+class Dispatcher:
+    """All target workers of one process."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, Target],
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._workers = {
+            name: TargetWorker(target, store, metrics, clock, rng)
+            for name, target in targets.items()
+        }
+
+    def start(self) -> None:
+        for worker in self._workers.values():
+            worker.start()
+
+    def notify(self, target_names: Iterable[str]) -> None:
+        for name in target_names:
+            worker = self._workers.get(name)
+            if worker is not None:
+                worker.wake()
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.gather(*(w.stop(grace_s) for w in self._workers.values()))

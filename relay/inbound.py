@@ -1,0 +1,129 @@
+"""The inbound HTTP edge: body limit → verify → JSON → id and type → route → store → 202.
+
+No 2xx leaves before the store has committed; any refusal stores nothing and answers
+`{"error": "<reason>"}` with a status the sender can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from relay.errors import InboundError, StoreError
+from relay.events import Event
+from relay.metrics import Metrics
+from relay.router import Router
+from relay.sources.base import Reader, Verifier
+from relay.store.base import Store
+
+log = logging.getLogger("relay.inbound")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSource:
+    name: str
+    path: str
+    verify: Verifier | None
+    read: Reader
+
+
+def error_response(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        notify: Callable[[Iterable[str]], None],
+        metrics: Metrics,
+        clock: Callable[[], float],
+        max_body_bytes: int,
+    ) -> None:
+        self._max_body_bytes = max_body_bytes
+        self._store = store
+        self._router = router
+        self._notify = notify
+        self._metrics = metrics
+        self._clock = clock
+
+    def handler(self, source: CompiledSource) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                return await self._accept(source, request)
+            except InboundError as exc:
+                self._metrics.requests.labels(source.name, str(exc.status)).inc()
+                log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
+                return error_response(exc.status, exc.reason)
+
+        return handle
+
+    async def _accept(self, source: CompiledSource, request: web.Request) -> web.Response:
+        body = await _read_body(request, self._max_body_bytes)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        if source.verify is not None:
+            source.verify(body, headers)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InboundError(f"body is not valid JSON: {exc}") from exc
+        identity = source.read(source.name, payload, body, headers)
+        event = Event(
+            source=source.name,
+            id=identity.id,
+            type=identity.type,
+            received_at=self._clock(),
+            body=body,
+            payload=payload,
+            headers=headers,
+            data_key=identity.data_key,
+        )
+        targets = self._router.targets_for(
+            source.name, event.type, {"event": event.template_context()}
+        )
+        try:
+            result = await self._store.ingest(event, targets)
+        except StoreError as exc:
+            log.error("source %s: event %s not stored: %s", source.name, event.id, exc)
+            raise InboundError("relay cannot store the event right now; retry later", 503) from exc
+        if result.duplicate:
+            self._metrics.requests.labels(source.name, "duplicate").inc()
+            return web.json_response({"id": event.id, "duplicate": True}, status=200)
+        self._metrics.requests.labels(source.name, "accepted").inc()
+        self._notify(targets)
+        return web.json_response({"id": event.id, "deliveries": result.deliveries}, status=202)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The app's client_max_size is the same limit, so read() refuses a body that lies."""
+    if request.content_length is not None and request.content_length > limit:
+        raise InboundError(_too_large(limit), 413)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise InboundError(_too_large(limit), 413) from exc
+
+
+def _too_large(limit: int) -> str:
+    return f"body is larger than {limit} bytes (limits.max_body_bytes)"
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405) as JSON with a reason, like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(404, f"no source is configured at {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            405, f"method {request.method} is not allowed on {request.path}; use {allowed}"
+        )

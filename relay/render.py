@@ -1,0 +1,93 @@
+"""Sandboxed Jinja: every template compiled once at load, strict about undefined names.
+
+A runtime failure becomes a RenderError naming the template and line, because retrying a
+template that fails for this event would only fail again.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from relay.errors import RenderError
+
+
+def to_json(value: Any) -> str:
+    """JSON text for use inside a JSON template: `{"payload": {{ event.payload | json }}}`."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def build_environment(templates_dir: Path) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+    env.filters["json"] = to_json
+    return env
+
+
+class CompiledTemplate:
+    """A template ready to render: its name is used in every error it raises."""
+
+    def __init__(self, template: jinja2.Template, name: str) -> None:
+        self._template = template
+        self.name = name
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        try:
+            return self._template.render(context)
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"{self.name}{_line_of(exc, self._template)}: {exc}") from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise RenderError(f"{self.name}{_line_of(exc, self._template)}: {exc}") from exc
+
+
+class TemplateCompiler:
+    """Compiles templates against one environment; errors are ValueError texts for config."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = templates_dir
+        self.env = build_environment(templates_dir)
+
+    def inline(self, source: str, name: str) -> CompiledTemplate:
+        try:
+            return CompiledTemplate(self.env.from_string(source), name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
+
+    def file(self, filename: str) -> CompiledTemplate:
+        try:
+            return CompiledTemplate(self.env.get_template(filename), filename)
+        except jinja2.TemplateNotFound as exc:
+            raise ValueError(f'"{filename}" not found in {self.templates_dir.name}/') from exc
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f'"{filename}" line {exc.lineno}: {exc.message}') from exc
+
+    def expression(self, source: str, name: str) -> Callable[[Mapping[str, Any]], Any]:
+        """A Jinja expression without braces, e.g. `event.payload.amount > 100`."""
+        try:
+            compiled = self.env.compile_expression(source, undefined_to_none=False)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"invalid expression: {exc.message}") from exc
+
+        def evaluate(context: Mapping[str, Any]) -> Any:
+            try:
+                return compiled(**context)
+            except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+                raise RenderError(f"{name}: {exc}") from exc
+
+        return evaluate
+
+
+def _line_of(exc: BaseException, template: jinja2.Template) -> str:
+    filenames = {template.filename, "<template>"}
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename in filenames]
+    return f" line {lines[-1]}" if lines else ""

@@ -1,0 +1,86 @@
+"""Routes compiled once: source sets, type globs as one regex each, `when` as a Jinja expression."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relay import config
+from relay.errors import RenderError
+
+log = logging.getLogger("relay.router")
+
+Predicate = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    index: int
+    sources: frozenset[str] | None
+    types: re.Pattern[str] | None
+    when: Predicate | None
+    targets: tuple[str, ...]
+
+    def matches(self, source: str, event_type: str, context: Mapping[str, Any]) -> bool:
+        if self.sources is not None and source not in self.sources:
+            return False
+        if self.types is not None and not self.types.fullmatch(event_type):
+            return False
+        return self.when is None or bool(self.when(context))
+
+
+def compile_type_globs(globs: Sequence[str]) -> re.Pattern[str]:
+    """`CASE_*` style globs (case-sensitive) joined into one alternation."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+
+
+class Router:
+    def __init__(self, routes: Sequence[CompiledRoute]) -> None:
+        self._routes = tuple(routes)
+
+    def targets_for(self, source: str, event_type: str, context: Mapping[str, Any]) -> list[str]:
+        """The union of the targets of every matching route, each once, in config order.
+
+        A `when` that fails to evaluate (say, a missing field under StrictUndefined) does not
+        match; it is logged with the event so the operator can guard it with `is defined`.
+        """
+        chosen: dict[str, None] = {}
+        for route in self._routes:
+            try:
+                matched = route.matches(source, event_type, context)
+            except RenderError as exc:
+                event_id = context.get("event", {}).get("id")
+                log.warning("routes[%d].when failed for event %s: %s", route.index, event_id, exc)
+                continue
+            if matched:
+                chosen.update(dict.fromkeys(route.targets))
+        return list(chosen)
+
+
+def compile_routes(
+    routes: Sequence[config.Route],
+    compile_expression: Callable[[str, str], Predicate],
+    problems: list[str],
+) -> Router:
+    compiled: list[CompiledRoute] = []
+    for i, route in enumerate(routes):
+        when: Predicate | None = None
+        if route.when is not None:
+            try:
+                when = compile_expression(route.when, f"routes[{i}].when")
+            except ValueError as exc:
+                problems.append(f"routes[{i}].when: {exc}")
+        compiled.append(
+            CompiledRoute(
+                index=i,
+                sources=frozenset(route.sources) if route.sources is not None else None,
+                types=compile_type_globs(route.types) if route.types is not None else None,
+                when=when,
+                targets=tuple(route.targets),
+            )
+        )
+    return Router(compiled)

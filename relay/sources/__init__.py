@@ -1,0 +1,1 @@
+"""Inbound senders: how each one's requests are verified and read into relay's event."""

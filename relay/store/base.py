@@ -1,0 +1,89 @@
+"""The store interface. SQLite is the embedded implementation; PostgreSQL lets replicas share one.
+
+A delivery is `pending` until it is `delivered` or `dead`. A worker claims due pending
+deliveries with a lease; a claim counts as an attempt, so a crash mid-send is counted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from relay.events import Delivery, Event
+
+DeliveryState = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    duplicate: bool
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One delivery as an operator lists it."""
+
+    id: int
+    source: str
+    event_id: str
+    event_type: str
+    target: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+
+
+class Store(Protocol):
+    async def open(self, *, daemon: bool = True) -> None:
+        """`daemon=False` for operator commands that run beside a running daemon."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ingest(self, event: Event, targets: Sequence[str]) -> IngestResult:
+        """Store the event and one pending delivery per target in one transaction.
+
+        Returns only after the commit; a (source, id) seen before stores nothing new.
+        Raises StoreError when the commit fails.
+        """
+        ...
+
+    async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
+        """Lease up to `limit` due deliveries of `target` for `lease_s` seconds."""
+        ...
+
+    async def record(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        next_attempt_at: float | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record an attempt's result and drop the lease."""
+        ...
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        """Drop leases without recording a result (shutdown): the deliveries are due again."""
+        ...
+
+    async def next_due_at(self, target: str) -> float | None:
+        """When the next pending delivery of `target` can be claimed, if there is one."""
+        ...
+
+    async def deliveries(
+        self, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]: ...
+
+    async def replay(self, delivery_ids: Sequence[int] | None = None) -> int:
+        """Make dead deliveries pending again (all of them when `delivery_ids` is None)."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Number of events and of deliveries in each state."""
+        ...

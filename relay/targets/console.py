@@ -1,0 +1,43 @@
+"""Writes each rendered body as one line on stdout, so a demo needs no outside service."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from relay.errors import RenderError
+from relay.events import Delivered, Delivery, Failed, Outcome
+from relay.retry import RetryPolicy
+from relay.targets.base import BodyRenderer, template_context
+
+
+class ConsoleTarget:
+    concurrency = 1
+    lease_s = 30.0
+
+    def __init__(self, name: str, body: BodyRenderer, policy: RetryPolicy, out: TextIO) -> None:
+        self.name = name
+        self.policy = policy
+        self._body = body
+        self._out = out
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        try:
+            body = self._body.render(delivery.event, template_context(delivery.event, self.name))
+        except RenderError as exc:
+            return Failed(str(exc))
+        self._out.write(one_line(body) + "\n")
+        self._out.flush()
+        return Delivered()
+
+    async def close(self) -> None:
+        return None
+
+
+def one_line(body: bytes) -> str:
+    """Compact JSON stays JSON; other text has its line breaks escaped."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return text.replace("\r", "\\r").replace("\n", "\\n")

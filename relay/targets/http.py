@@ -1,0 +1,189 @@
+"""Generic HTTP target: a pure request builder (render, sign) and one I/O call (send, classify)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from relay import __version__, config
+from relay.errors import RenderError
+from relay.events import Delivery, Failed, Outcome, Retry
+from relay.render import CompiledTemplate, TemplateCompiler
+from relay.retry import RetryPolicy, classify_status
+from relay.signing import HeaderSigner, build_signer
+from relay.targets.base import (
+    BodyRenderer,
+    check_json,
+    compile_body,
+    is_json_content_type,
+    template_context,
+)
+
+USER_AGENT = f"relay/{__version__}"
+ERROR_SNIPPET_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def message_id(delivery: Delivery) -> str:
+    """Stable across retries and replays of one (event, target): the receiver's dedup key."""
+    key = f"{delivery.event.source}\0{delivery.event.id}\0{delivery.target}".encode()
+    return "msg_" + hashlib.sha256(key).hexdigest()[:32]
+
+
+class HttpRequestBuilder:
+    def __init__(
+        self,
+        target_name: str,
+        method: str,
+        origin: str,
+        path: CompiledTemplate | str,
+        headers: dict[str, CompiledTemplate],
+        body: BodyRenderer,
+        signer: HeaderSigner | None,
+    ) -> None:
+        self.target_name = target_name
+        self.method = method
+        self._origin = origin
+        self._path = path
+        self._headers = headers
+        self._body = body
+        self._signer = signer
+
+    def build(self, delivery: Delivery, now: float) -> OutboundRequest:
+        """Render url, headers and body; check JSON; sign. Raises RenderError."""
+        context = template_context(delivery.event, self.target_name)
+        path = self._path if isinstance(self._path, str) else self._path.render(context)
+        headers = {name: value.render(context) for name, value in self._headers.items()}
+        body = self._body.render(delivery.event, context)
+        content_type = _get(headers, "content-type")
+        if content_type is None:
+            headers["Content-Type"] = content_type = "application/json"
+        if is_json_content_type(content_type) and self._body.template is not None:
+            check_json(body, self._body.template.name)
+        headers["Relay-Event-Id"] = delivery.event.id
+        headers["Relay-Attempt"] = str(delivery.attempt)
+        headers.setdefault("User-Agent", USER_AGENT)
+        if self._signer is not None:
+            headers.update(self._signer(body, message_id(delivery), int(now)))
+        return OutboundRequest(self.method, self._origin + path, headers, body)
+
+
+def _get(headers: dict[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+class HttpTarget:
+    def __init__(
+        self,
+        name: str,
+        builder: HttpRequestBuilder,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        concurrency: int,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.builder = builder
+        self.concurrency = concurrency
+        self.policy = policy
+        self.lease_s = timeout_s + 30.0
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
+        self._clock = clock
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        try:
+            request = self.builder.build(delivery, self._clock())
+        except RenderError as exc:
+            return Failed(str(exc))
+        try:
+            async with self._session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                text = await response.text(errors="replace")
+                outcome = classify_status(
+                    response.status, response.headers.get("Retry-After"), self._clock()
+                )
+        except TimeoutError:
+            return Retry(f"timed out after {self._timeout_s:g}s")
+        except aiohttp.ClientError as exc:
+            return Retry(f"connection error: {exc or type(exc).__name__}")
+        return _with_response_text(outcome, text)
+
+    async def close(self) -> None:
+        return None
+
+
+def _with_response_text(outcome: Outcome, text: str) -> Outcome:
+    snippet = " ".join(text.split())[:ERROR_SNIPPET_CHARS]
+    if not snippet:
+        return outcome
+    if isinstance(outcome, Retry):
+        return Retry(f"{outcome.reason}: {snippet}", outcome.status, outcome.after_s)
+    if isinstance(outcome, Failed):
+        return Failed(f"{outcome.reason}: {snippet}", outcome.status)
+    return outcome
+
+
+_ORIGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)(.*)$", re.DOTALL)
+
+
+def build_http_target(
+    name: str,
+    target: config.HttpTarget,
+    compiler: TemplateCompiler,
+    session: aiohttp.ClientSession,
+    clock: Callable[[], float],
+    problems: list[str],
+) -> HttpTarget:
+    yaml_path = f"targets.{name}"
+    match = _ORIGIN.match(target.url)
+    origin, rest = (match.group(1), match.group(2)) if match else (target.url, "")
+    path: CompiledTemplate | str = rest
+    if "{{" in rest or "{%" in rest:
+        path = _compile(compiler, rest, f"{yaml_path}.url", problems) or rest
+    headers: dict[str, CompiledTemplate] = {}
+    for header, value in target.headers.items():
+        compiled = _compile(compiler, value, f"{yaml_path}.headers.{header}", problems)
+        if compiled is not None:
+            headers[header] = compiled
+    body = compile_body(target.body, target.template, compiler, yaml_path, problems)
+    signer = build_signer(target.sign) if target.sign is not None else None
+    builder = HttpRequestBuilder(name, target.method, origin, path, headers, body, signer)
+    return HttpTarget(
+        name,
+        builder,
+        session,
+        target.timeout.total_seconds(),
+        target.concurrency,
+        RetryPolicy.from_config(target.retry),
+        clock,
+    )
+
+
+def _compile(
+    compiler: TemplateCompiler, source: str, yaml_path: str, problems: list[str]
+) -> CompiledTemplate | None:
+    try:
+        return compiler.inline(source, yaml_path)
+    except ValueError as exc:
+        problems.append(f"{yaml_path}: {exc}")
+        return None
