@@ -1,0 +1,106 @@
+"""Shared fixtures: a recording receiver, config files in a temp dir, relay on a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.app import STORE, create_app
+from relay.config import Config, load_config
+from relay.store.base import Store
+from tests.receiver import Receiver
+
+SECRET = "test-secret"
+
+
+def hmac_hex(secret: str, body: bytes) -> str:
+    """Computed here, independently of relay.signing, so tests pin the scheme."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+ConfigWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> ConfigWriter:
+    """Write a YAML config (dedented) and optional templates into tmp_path."""
+
+    def write(yaml_text: str, templates: dict[str, str] | None = None) -> Path:
+        (tmp_path / "templates").mkdir(exist_ok=True)
+        for name, text in (templates or {}).items():
+            (tmp_path / "templates" / name).write_text(text, encoding="utf-8")
+        path = tmp_path / "relay.yaml"
+        path.write_text(textwrap.dedent(yaml_text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@dataclass
+class Relay:
+    """relay running in-process on a real loopback socket."""
+
+    client: TestClient[Any, Any]
+    config: Config
+    out: io.StringIO
+
+    @property
+    def store(self) -> Store:
+        return self.client.app[STORE]  # type: ignore[index]
+
+    async def post(
+        self,
+        path: str,
+        body: bytes | dict[str, Any] | list[Any],
+        headers: dict[str, str] | None = None,
+        secret: str | None = None,
+        header: str = "X-Signature",
+    ) -> ClientResponse:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        all_headers = dict(headers or {})
+        if secret is not None:
+            all_headers[header] = hmac_hex(secret, raw)
+        return await self.client.post(path, data=raw, headers=all_headers)
+
+    async def counts(self) -> dict[str, int]:
+        return await self.store.counts()
+
+
+StartRelay = Callable[..., Awaitable[Relay]]
+
+
+@pytest.fixture
+async def start_relay() -> AsyncIterator[StartRelay]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(config_path: Path, **options: Any) -> Relay:
+        config = load_config(config_path)
+        out = io.StringIO()
+        app = await create_app(config, out=out, **options)
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Relay(client, config, out)
+
+    yield start
+    for client in reversed(clients):
+        await client.close()

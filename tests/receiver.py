@@ -1,0 +1,94 @@
+"""A real HTTP target for tests: records every request; can be told to fail, hang or answer 429."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: str = "ok"
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float = 0.0  # wait this long before answering (longer than a client timeout = a hang)
+
+
+class Receiver:
+    """Replies come from `script` in order, then `default` for every later request."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.script: list[Reply] = []
+        self.default = Reply()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        reply = self.script.pop(0) if self.script else self.default
+        async with self._changed:
+            self.received.append(
+                Received(request.method, request.path, request.query_string,
+                         dict(request.headers), body)
+            )
+            self._changed.notify_all()
+        if reply.hang_s:
+            await asyncio.sleep(reply.hang_s)
+        return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
+
+    async def wait_for(self, count: int, timeout_s: float = 5.0) -> list[Received]:
+        """Wait until at least `count` requests arrived; fail the test on the deadline."""
+        await wait_until(
+            lambda: len(self.received) >= count,
+            timeout_s,
+            lambda: f"receiver got {len(self.received)} of {count} requests",
+        )
+        return self.received
+
+
+async def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float = 5.0,
+    describe: Callable[[], str] = lambda: "condition",
+) -> None:
+    """Poll `predicate` until true; raise AssertionError with `describe()` at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for: {describe()}")
+        await asyncio.sleep(0.01)
