@@ -20,6 +20,8 @@ from relay.errors import RenderError
 
 def to_json(value: Any) -> str:
     """JSON text for use inside a JSON template: `{"payload": {{ event.payload | json }}}`."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, naming the missing attribute
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -18,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import STORE, create_app
 from relay.config import Config, load_config
-from relay.store.base import Store
+from relay.store.base import DeliveryRecord, Store
 from tests.receiver import Receiver
 
 SECRET = "test-secret"
@@ -65,7 +66,10 @@ class Relay:
 
     @property
     def store(self) -> Store:
-        return self.client.app[STORE]  # type: ignore[index]
+        app = self.client.app
+        assert app is not None
+        store: Store = app[STORE]
+        return store
 
     async def post(
         self,
@@ -83,6 +87,21 @@ class Relay:
 
     async def counts(self) -> dict[str, int]:
         return await self.store.counts()
+
+    async def wait_for_state(
+        self, state: str, count: int = 1, timeout_s: float = 5.0
+    ) -> list[DeliveryRecord]:
+        """Poll the store until `count` deliveries are in `state`; fail on the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            records = await self.store.deliveries(limit=1000)
+            matching = [r for r in records if r.state == state]
+            if len(matching) >= count:
+                return matching
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {count} {state}: {records}")
+            await asyncio.sleep(0.01)
 
 
 StartRelay = Callable[..., Awaitable[Relay]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ class Received:
     query: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() on arrival
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,7 @@ class Receiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = _bound_port(self._runner)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -62,8 +62,14 @@ class Receiver:
         reply = self.script.pop(0) if self.script else self.default
         async with self._changed:
             self.received.append(
-                Received(request.method, request.path, request.query_string,
-                         dict(request.headers), body)
+                Received(
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    dict(request.headers),
+                    body,
+                    time.monotonic(),
+                )
             )
             self._changed.notify_all()
         if reply.hang_s:
@@ -78,6 +84,12 @@ class Receiver:
             lambda: f"receiver got {len(self.received)} of {count} requests",
         )
         return self.received
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    (address, *_) = runner.addresses
+    port: int = address[1]
+    return port
 
 
 async def wait_until(

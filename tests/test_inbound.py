@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -68,8 +69,10 @@ async def test_same_bytes_without_id_are_deduplicated_by_body_hash(relay: Relay)
     [
         ({}, "missing signature header X-Signature"),
         ({"X-Signature": "00" * 32}, "signature in X-Signature does not match the body"),
-        ({"X-Signature": hmac_hex("wrong-secret", b'{"id": "e1"}')},
-         "signature in X-Signature does not match the body"),
+        (
+            {"X-Signature": hmac_hex("wrong-secret", b'{"id": "e1"}')},
+            "signature in X-Signature does not match the body",
+        ),
     ],
 )
 async def test_bad_signature_is_401_and_stores_nothing(
@@ -109,7 +112,7 @@ async def test_oversize_body_is_413_naming_the_limit(relay: Relay) -> None:
 
 
 async def test_oversize_chunked_body_without_length_is_413(relay: Relay) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(5):
             yield b"x" * 500
 
@@ -128,6 +131,4 @@ async def test_unknown_path_is_404_as_json(relay: Relay) -> None:
 async def test_other_method_is_405_as_json(relay: Relay) -> None:
     response = await relay.client.get("/hooks/shop")
     assert response.status == 405
-    assert await response.json() == {
-        "error": "method GET is not allowed on /hooks/shop; use POST"
-    }
+    assert await response.json() == {"error": "method GET is not allowed on /hooks/shop; use POST"}

@@ -83,6 +83,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._queue: list[tuple[WriteOp, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
+        self.commits = 0  # group commits so far: fewer than writes under concurrency
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
@@ -185,6 +186,7 @@ class SqliteStore:
             cursor.execute("BEGIN IMMEDIATE")
             results = [op(cursor) for op in ops]
             cursor.execute("COMMIT")
+            self.commits += 1
         except BaseException:
             if db.in_transaction:
                 db.rollback()

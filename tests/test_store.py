@@ -1,0 +1,135 @@
+"""The SQLite store: group commit, dedup, leases, 503 when it cannot commit, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay.errors import StoreError
+from relay.events import Event
+from relay.store.sqlite import SqliteStore
+from tests.conftest import ConfigWriter, StartRelay
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(event_id: str) -> Event:
+    body = b'{"id": "%s"}' % event_id.encode()
+    return Event("src", event_id, "t", 1_000.0, body, {"id": event_id}, {"h": "v"})
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_concurrent_ingests_share_one_commit(store: SqliteStore) -> None:
+    before = store.commits
+    results = await asyncio.gather(*(store.ingest(event(f"e{i}"), ["a", "b"]) for i in range(50)))
+    assert all(not r.duplicate and r.deliveries == 2 for r in results)
+    assert store.commits - before == 1
+    assert await store.counts() == {"events": 50, "pending": 100, "delivered": 0, "dead": 0}
+
+
+async def test_duplicates_within_one_batch_store_once(store: SqliteStore) -> None:
+    first, second = await asyncio.gather(
+        store.ingest(event("x"), ["a"]), store.ingest(event("x"), ["a"])
+    )
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert (await store.counts())["events"] == 1
+
+
+async def test_claim_leases_and_counts_an_attempt(tmp_path: Path) -> None:
+    clock = Clock()
+    store = SqliteStore(tmp_path / "relay.db", clock)
+    await store.open()
+    try:
+        await store.ingest(event("e1"), ["a"])
+        (claimed,) = await store.claim("a", 10, lease_s=30)
+        assert (claimed.attempt, claimed.first_attempt_at, claimed.event.id) == (1, 1_000.0, "e1")
+        assert claimed.event.headers == {"h": "v"}
+        assert await store.claim("a", 10, lease_s=30) == []  # leased
+        assert await store.next_due_at("a") == 1_030.0
+        clock.now += 31  # the lease ran out: the attempt is presumed lost
+        (again,) = await store.claim("a", 10, lease_s=30)
+        assert (again.attempt, again.first_attempt_at) == (2, 1_000.0)
+        await store.record(
+            again.id, "pending", next_attempt_at=clock.now + 5, status=503, error="busy"
+        )
+        assert await store.claim("a", 10, lease_s=30) == []
+        clock.now += 5
+        assert len(await store.claim("a", 10, lease_s=30)) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_second_daemon_on_the_same_file_is_refused(store: SqliteStore) -> None:
+    other = SqliteStore(store.path, Clock())
+    with pytest.raises(StoreError, match="is in use by another relay process"):
+        await other.open()
+
+
+async def test_restart_releases_leases_of_the_crashed_run(tmp_path: Path) -> None:
+    clock = Clock()
+    first = SqliteStore(tmp_path / "relay.db", clock)
+    await first.open()
+    await first.ingest(event("e1"), ["a"])
+    assert len(await first.claim("a", 10, lease_s=3600)) == 1
+    await first.close()  # as if the process died with the lease held
+    second = SqliteStore(tmp_path / "relay.db", clock)
+    await second.open()
+    try:
+        (claimed,) = await second.claim("a", 10, lease_s=30)
+        assert claimed.attempt == 2
+    finally:
+        await second.close()
+
+
+async def test_replay_revives_only_dead_deliveries(store: SqliteStore) -> None:
+    await store.ingest(event("e1"), ["a", "b"])
+    first, second = await store.claim("a", 1, 30) + await store.claim("b", 1, 30)
+    await store.record(first.id, "dead", status=400, error="HTTP 400")
+    await store.record(second.id, "delivered", status=200)
+    assert await store.replay() == 1
+    (revived,) = await store.claim("a", 1, 30)
+    assert revived.attempt == 1
+
+
+async def test_ingest_answers_503_and_stores_nothing_when_the_store_cannot_commit(
+    write_config: ConfigWriter, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    config = """\
+store: "sqlite:///relay.db?busy_timeout=50ms"
+sources:
+  app: {path: /hooks/app}
+targets:
+  out: {kind: console}
+routes:
+  - targets: [out]
+"""
+    relay = await start_relay(write_config(config))
+    blocker = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        response = await relay.post("/hooks/app", {"id": "e1"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status == 503
+    assert await response.json() == {"error": "relay cannot store the event right now; retry later"}
+    assert (await relay.counts())["events"] == 0
+    again = await relay.post("/hooks/app", {"id": "e1"})
+    assert again.status == 202
