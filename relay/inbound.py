@@ -86,7 +86,7 @@ class Ingest:
             data_key=identity.data_key,
         )
         targets = self._router.targets_for(
-            source.name, event.type, {"event": event.template_context()}
+            source.name, event.id, event.type, lambda: {"event": event.template_context()}
         )
         try:
             result = await self._store.ingest(event, targets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -25,12 +26,15 @@ class CompiledRoute:
     when: Predicate | None
     targets: tuple[str, ...]
 
-    def matches(self, source: str, event_type: str, context: Mapping[str, Any]) -> bool:
+    def matches(
+        self, source: str, event_type: str, context: Callable[[], Mapping[str, Any]]
+    ) -> bool:
+        """`context` is only built when a `when` expression has to be evaluated."""
         if self.sources is not None and source not in self.sources:
             return False
         if self.types is not None and not self.types.fullmatch(event_type):
             return False
-        return self.when is None or bool(self.when(context))
+        return self.when is None or bool(self.when(context()))
 
 
 def compile_type_globs(globs: Sequence[str]) -> re.Pattern[str]:
@@ -42,18 +46,20 @@ class Router:
     def __init__(self, routes: Sequence[CompiledRoute]) -> None:
         self._routes = tuple(routes)
 
-    def targets_for(self, source: str, event_type: str, context: Mapping[str, Any]) -> list[str]:
+    def targets_for(
+        self, source: str, event_id: str, event_type: str, context: Callable[[], Mapping[str, Any]]
+    ) -> list[str]:
         """The union of the targets of every matching route, each once, in config order.
 
         A `when` that fails to evaluate (say, a missing field under StrictUndefined) does not
         match; it is logged with the event so the operator can guard it with `is defined`.
         """
         chosen: dict[str, None] = {}
+        built_once = functools.cache(context)
         for route in self._routes:
             try:
-                matched = route.matches(source, event_type, context)
+                matched = route.matches(source, event_type, built_once)
             except RenderError as exc:
-                event_id = context.get("event", {}).get("id")
                 log.warning("routes[%d].when failed for event %s: %s", route.index, event_id, exc)
                 continue
             if matched:
