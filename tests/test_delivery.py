@@ -175,8 +175,9 @@ async def test_max_elapsed_bounds_the_retries_then_the_delivery_is_dead(
     (record,) = await relay.wait_for_state("dead", timeout_s=5)
     assert record.last_status == 503
     assert record.last_error == "HTTP 503: busy; gave up: next attempt would pass max_elapsed 600ms"
+    # No attempt is scheduled past the deadline; dispatch may start it a little later.
     span = receiver.received[-1].at - receiver.received[0].at
-    assert span <= 0.6
+    assert span <= 0.6 + 0.25
     assert record.attempts == len(receiver.received) >= 3
 
 

@@ -13,6 +13,7 @@ class EventIdentity:
     id: str
     type: str
     data_key: str | None  # the payload key holding the sender's data, None for the whole payload
+    created_at: float | None = None  # when the sender says the event happened (epoch seconds)
 
 
 class Verifier(Protocol):

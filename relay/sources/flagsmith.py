@@ -1,0 +1,49 @@
+"""Flagsmith: `X-Flagsmith-Signature`, hex HMAC of the body (sent only when a secret is set).
+
+Environment and organisation webhooks wrap their data as `{"data": ..., "event_type": ...}`;
+the identity "data warehouse" integration sends `{identity, traits, flags, segments}` bare.
+Flagsmith sends no id: the id is the SHA-256 of the body, so a retry of the same bytes dedups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from relay.errors import InboundError
+from relay.sources.base import EventIdentity, Verifier, body_digest
+from relay.sources.hexhmac import build_hex_hmac_verifier
+
+SIGNATURE_HEADER = "X-Flagsmith-Signature"
+IDENTITY_FLAGS = "IDENTITY_FLAGS"
+_IDENTITY_KEYS = frozenset({"identity", "traits", "flags"})
+
+
+def build_verifier(secrets: Sequence[bytes]) -> Verifier:
+    return build_hex_hmac_verifier(secrets, [SIGNATURE_HEADER])
+
+
+def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> EventIdentity:
+    if not isinstance(payload, dict):
+        raise InboundError("a Flagsmith webhook must be a JSON object")
+    event_type = payload.get("event_type")
+    if isinstance(event_type, str) and event_type and "data" in payload:
+        return EventIdentity(body_digest(body), event_type, "data", _timestamp(payload["data"]))
+    if payload.keys() >= _IDENTITY_KEYS:
+        return EventIdentity(body_digest(body), IDENTITY_FLAGS, None)
+    raise InboundError(
+        "not a Flagsmith webhook: expected {data, event_type} or the identity integration's"
+        " {identity, traits, flags, segments}"
+    )
+
+
+def _timestamp(data: Any) -> float | None:
+    """FLAG_UPDATED carries `timestamp` as `%Y-%m-%dT%H:%M:%S.%fZ` (or "")."""
+    text = data.get("timestamp") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

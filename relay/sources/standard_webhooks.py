@@ -1,0 +1,79 @@
+"""Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64>` list).
+
+The signed content is `{id}.{timestamp}.{body}`; the timestamp must be within the tolerance in
+both directions, which bounds replays; `webhook-id` is the event id and so the dedup key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from relay.errors import InboundError, VerificationError
+from relay.signing import hmac_sha256
+from relay.sources.base import EventIdentity, Verifier
+
+
+def build_verifier(
+    keys: Sequence[bytes], tolerance_s: float, clock: Callable[[], float]
+) -> Verifier:
+    def check(body: bytes, headers: Mapping[str, str]) -> None:
+        msg_id, timestamp, signatures = _headers(headers)
+        now = clock()
+        if timestamp < now - tolerance_s:
+            raise VerificationError(
+                f"webhook-timestamp {timestamp} is too old (more than {tolerance_s:g}s ago)"
+            )
+        if timestamp > now + tolerance_s:
+            raise VerificationError(
+                f"webhook-timestamp {timestamp} is too new (more than {tolerance_s:g}s ahead)"
+            )
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        received = [sig.encode() for version, sig in signatures if version == "v1"]
+        if not received:
+            raise VerificationError("webhook-signature has no v1 signature")
+        found = False
+        for key in keys:
+            expected = base64.b64encode(hmac_sha256(key, signed))
+            for signature in received:
+                found |= hmac.compare_digest(expected, signature)
+        if not found:
+            raise VerificationError("no signature in webhook-signature matches the body")
+
+    return check
+
+
+def _headers(headers: Mapping[str, str]) -> tuple[str, int, list[tuple[str, str]]]:
+    missing = [
+        h for h in ("webhook-id", "webhook-timestamp", "webhook-signature") if h not in headers
+    ]
+    if missing:
+        raise VerificationError(f"missing header(s): {', '.join(missing)}")
+    raw_timestamp = headers["webhook-timestamp"].strip()
+    if not raw_timestamp.isdigit():
+        raise VerificationError(f'webhook-timestamp must be Unix seconds, got "{raw_timestamp}"')
+    signatures = []
+    for entry in headers["webhook-signature"].split():
+        version, sep, signature = entry.partition(",")
+        if not sep or not signature:
+            raise VerificationError(f'malformed webhook-signature entry "{entry[:40]}"')
+        signatures.append((version, signature))
+    return headers["webhook-id"].strip(), int(raw_timestamp), signatures
+
+
+def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> EventIdentity:
+    msg_id = headers.get("webhook-id", "").strip()
+    if not msg_id:
+        raise InboundError("missing header webhook-id")
+    event_type = source
+    data_key: str | None = None
+    if isinstance(payload, dict):
+        if isinstance(payload.get("type"), str) and payload["type"]:
+            event_type = payload["type"]
+        if "data" in payload:
+            data_key = "data"
+    timestamp = headers.get("webhook-timestamp", "").strip()
+    created_at = float(timestamp) if timestamp.isdigit() else None
+    return EventIdentity(msg_id, event_type, data_key, created_at)
