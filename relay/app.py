@@ -129,7 +129,11 @@ async def create_app(
     app.router.add_get("/metrics", metrics_page)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        await store.open()
+        try:
+            await store.open()
+        except BaseException:
+            await session.close()
+            raise
         dispatcher.start()
         yield
         await dispatcher.stop(shutdown_grace_s)

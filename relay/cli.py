@@ -17,12 +17,14 @@ import aiohttp
 from aiohttp import web
 
 from relay import __version__
-from relay.app import compile_config, create_app
+from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
 from relay.config import Config, load_config, parse_listen
 from relay.errors import ConfigError, StoreError
 from relay.store import open_store
 
 log = logging.getLogger("relay")
+
+INBOUND_DRAIN_S = 5.0  # requests being received when SIGTERM arrives get this long to finish
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +127,9 @@ def _run_loop(coro: object) -> None:
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period."""
     app = await create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=INBOUND_DRAIN_S
+    )
     await runner.setup()
     host, port = parse_listen(config.listen)
     stop = asyncio.Event()
@@ -133,11 +137,12 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=5.0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         log.info("relay %s listening on %s, store %s", __version__, config.listen, config.store)
         await stop.wait()
         log.info("shutting down: no new requests; finishing deliveries in flight")
+        app[DISPATCHER].begin_shutdown(SHUTDOWN_GRACE_S)
     finally:
         await runner.cleanup()
     log.info("stopped")

@@ -135,11 +135,15 @@ class TargetWorker:
         log.warning("target %s: event %s is dead: %s", name, event_id, reason)
         await self._store.record(delivery.id, "dead", status=status, error=reason)
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop claiming; give attempts in flight `grace_s` to finish; release the rest."""
+    def stop_claiming(self) -> None:
         self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; give attempts in flight `grace_s` to finish; release the rest."""
+        self.stop_claiming()
+        if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         pending = list(self._in_flight)
         if pending:
@@ -168,6 +172,7 @@ class Dispatcher:
             name: TargetWorker(target, store, metrics, clock, rng)
             for name, target in targets.items()
         }
+        self._deadline: float | None = None
 
     def start(self) -> None:
         for worker in self._workers.values():
@@ -179,5 +184,13 @@ class Dispatcher:
             if worker is not None:
                 worker.wake()
 
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Claim nothing more from now on; in-flight attempts get `grace_s` from now in all."""
+        self._deadline = asyncio.get_running_loop().time() + grace_s
+        for worker in self._workers.values():
+            worker.stop_claiming()
+
     async def stop(self, grace_s: float) -> None:
+        if self._deadline is not None:
+            grace_s = max(0.0, self._deadline - asyncio.get_running_loop().time())
         await asyncio.gather(*(w.stop(grace_s) for w in self._workers.values()))

@@ -5,17 +5,21 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+EXAMPLES = "500ms, 15s, 5m, 24h, 3d"
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse one number with one unit; raise ValueError naming the bad text."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
-        raise ValueError(f'invalid duration "{text}" (use e.g. 500ms, 15s, 5m, 24h, 3d)')
+        raise ValueError(f'invalid duration "{text}" (use e.g. {EXAMPLES})')
     number, unit = match.groups()
-    return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    try:
+        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    except OverflowError:
+        raise ValueError(f'invalid duration "{text}": too long') from None
 
 
 def format_duration(value: timedelta) -> str:

@@ -1,28 +1,65 @@
-"""`${VAR}` and `${VAR:-default}` in config values, expanded from an environment mapping."""
+"""`${VAR}` and `${VAR:-default}` in config values, expanded from an environment mapping.
+
+`$$` stands for a literal `$`. As in the shell, `${VAR:-default}` uses the default when VAR is
+unset or empty. Any other `${` is an error rather than text passed on silently.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 
-_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REFERENCE = re.compile(
+    r"\$\$"
+    r"|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
+    r"|(\$\{[A-Za-z0-9_]{0,40})"
+)
+_SYNTAX = "write ${NAME} or ${NAME:-default}, and $$ for a literal $"
 
 
-class MissingVariable(ValueError):
-    """An environment variable the config needs is not set and has no default."""
+class EnvError(ValueError):
+    """A config value's `${...}` cannot be expanded."""
+
+
+class MissingVariable(EnvError):
+    """Environment variables the config needs are not set and have no default."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        if len(names) == 1:
+            text = f"environment variable {names[0]} is not set (and has no :-default)"
+        else:
+            listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+            text = f"environment variables {listed} are not set (and have no :-default)"
+        super().__init__(text)
+
+
+class BadReference(EnvError):
+    """A `${` that does not start a well-formed reference."""
 
 
 def expand(text: str, environ: Mapping[str, str]) -> str:
-    """Expand references in `text`; `$$` stands for a literal `$`."""
+    """Expand references in `text`; raise MissingVariable naming every unset variable."""
+    missing: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
+        name, default, bad = match.group(1), match.group(2), match.group(3)
+        if bad is not None:
+            raise BadReference(f'invalid reference "{bad}": {_SYNTAX}')
+        if name is None:
             return "$"
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
+        if default is not None and "${" in default:
+            raise BadReference(f'invalid reference "${{{name}": a default cannot contain ${{...}}')
+        value = environ.get(name)
+        if value is not None and (value or default is None):
+            return value
         if default is not None:
             return default
-        raise MissingVariable(f"environment variable {name} is not set (and has no :-default)")
+        if name not in missing:
+            missing.append(name)
+        return match.group(0)
 
-    return _REFERENCE.sub(replace, text)
+    result = _REFERENCE.sub(replace, text)
+    if missing:
+        raise MissingVariable(missing)
+    return result

@@ -122,7 +122,9 @@ class RelayProcess:
             for _ in range(int(timeout_s / POLL_S) + 1):
                 code = self.returncode()
                 if code is not None:
-                    raise AssertionError(f"relay exited with {code} before it was ready" + self.output())
+                    raise AssertionError(
+                        f"relay exited with {code} before it was ready" + self.output()
+                    )
                 try:
                     async with session.get(f"{self.url}/healthz") as response:
                         if response.status == 200:
@@ -134,7 +136,7 @@ class RelayProcess:
                 await asyncio.sleep(POLL_S)
         raise AssertionError(f"relay not ready on {self.url} after {timeout_s}s" + self.output())
 
-    def signal(self, signum: signal.Signals) -> None:
+    def send_signal(self, signum: signal.Signals) -> None:
         self._proc().send_signal(signum)
 
     async def wait_exit(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
@@ -151,7 +153,7 @@ class RelayProcess:
 
     async def kill(self) -> None:
         """SIGKILL, and wait until the kernel has reaped it (so its lock and port are free)."""
-        self.signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
         code = await self.wait_exit()
         assert code == -signal.SIGKILL, f"relay exited with {code} instead of dying" + self.output()
 

@@ -108,7 +108,7 @@ class SqliteStore:
         """A daemon holds the lock file and releases stale leases; a CLI reader does neither."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if daemon:
-            self._lock_fd = _lock_exclusively(Path(f"{self.path}.lock"))
+            self._lock_fd = _lock_exclusively(Path(f"{self.path.resolve()}.lock"))
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
