@@ -18,8 +18,9 @@ from aiohttp import web
 
 from relay import __version__
 from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
-from relay.config import Config, load_config, parse_listen
+from relay.config import Config, parse_listen
 from relay.errors import ConfigError, StoreError
+from relay.loading import load_config
 from relay.store import open_store
 
 log = logging.getLogger("relay")

@@ -18,7 +18,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import STORE, create_app
-from relay.config import Config, load_config
+from relay.config import Config
+from relay.loading import load_config
 from relay.store.base import DeliveryRecord, Store
 from tests.receiver import Receiver
 

@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 
 from relay.app import compile_config
-from relay.config import Config, HttpTarget, StandardWebhooksSign, load_config
+from relay.config import Config, HttpTarget, StandardWebhooksSign
 from relay.durations import format_duration, parse_duration
 from relay.envsubst import BadReference, MissingVariable, expand
 from relay.errors import ConfigError
+from relay.loading import load_config
 from tests.conftest import ConfigWriter
 
 WHSEC = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM="  # base64 of "secret-key-for-tests"

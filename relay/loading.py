@@ -1,0 +1,375 @@
+"""Loading the config file: YAML, `${ENV}` expansion, validation, and every problem at once.
+
+Every problem is reported as `yaml.path: message`. Messages never quote a secret: values are
+echoed only for fields that cannot hold one (durations, enums, paths, the listen address).
+Cross-references are checked on the raw tree, so that one run of `relay check` lists every
+problem even when a section is invalid; templates and `when` are compiled here only then.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+from collections.abc import Hashable, Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from relay.config import SIGN_SCHEMES, TARGET_KINDS, Config, split_url, yaml_key, yaml_kind
+from relay.envsubst import EnvError, expand
+from relay.errors import ConfigError
+from relay.render import TemplateCompiler
+
+Loc = tuple[str | int, ...]
+Problem = tuple[str, str]  # (yaml path, message)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand, validate and cross-check `path`; raise ConfigError listing every problem.
+
+    When anything is wrong, templates and `when` expressions are compiled too, so one run
+    lists every problem; a config that validates has them compiled by `app.compile_config`.
+    """
+    raw = _read_yaml(path)
+    problems: list[Problem] = []
+    expanded = _expand_tree(raw, os.environ if environ is None else environ, (), problems)
+    unexpanded = {where for where, _ in problems}  # reported once, as the missing variable
+    config: Config | None = None
+    later: list[Problem] = []
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        later.extend(_format_error(error) for error in exc.errors())
+    later.extend(_cross_check(expanded))
+    if problems or later:
+        later.extend(_check_templates(expanded, path.parent))
+    problems.extend(problem for problem in later if problem[0] not in unexpanded)
+    problems = list(dict.fromkeys(problems))
+    if problems or config is None:
+        # Raised outside the `except`: a chained ValidationError would show input values.
+        raise ConfigError([f"{where}: {message}" for where, message in problems])
+    return _resolve_paths(config, path.parent)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (the last would win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports it
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f'duplicate key "{key}" (first at line {first_line[key]})',
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: cannot read: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        # One line, without the snippet PyYAML quotes (the line may hold a secret).
+        raise ConfigError([f"{path}: {_yaml_problem(exc)}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, got {yaml_kind(raw)}"])
+    return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return "invalid YAML"
+    mark = exc.problem_mark
+    text = f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None and exc.context_mark.line != mark.line:
+        text += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return text
+
+
+def _expand_tree(node: Any, environ: Mapping[str, str], loc: Loc, problems: list[Problem]) -> Any:
+    if isinstance(node, str):
+        try:
+            return expand(node, environ)
+        except EnvError as exc:
+            problems.append((format_loc(loc), str(exc)))
+            return node
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, environ, (*loc, yaml_key(k)), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(v, environ, (*loc, i), problems) for i, v in enumerate(node)]
+    return node
+
+
+def format_loc(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _strip_tags(loc: Loc) -> Loc:
+    """Drop the discriminator tags pydantic inserts (`targets.x.http.url` → `targets.x.url`)."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "targets" and parts[2] in TARGET_KINDS:
+        del parts[2]  # targets.NAME.<kind>
+        if len(parts) > 3 and parts[2] == "sign" and parts[3] in SIGN_SCHEMES:
+            del parts[3]  # targets.NAME.sign.<scheme>
+    return tuple(parts)
+
+
+_TYPE_MESSAGES = {
+    "string_type": "must be a string",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list",
+}
+_NUMBER_LIMITS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+_TAG_CHOICES = {"kind": TARGET_KINDS, "scheme": SIGN_SCHEMES}
+
+
+def _format_error(error: ErrorDetails) -> Problem:
+    raw_loc = tuple(error["loc"])
+    loc = _strip_tags(raw_loc)
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx", {})
+    if loc and loc[-1] == "[key]":
+        # A mapping key (a name) failed: point at the key itself.
+        loc = (*loc[:-2], yaml_key(loc[-2])) if len(loc) > 1 else loc[:-1]
+        if kind == "string_type":
+            return format_loc(loc), f"name must be a string, got {yaml_kind(value)}; quote it"
+    if kind == "extra_forbidden":
+        message = _unknown_key(str(raw_loc[-1]), _fields_at(raw_loc[:-1]))
+    elif kind == "missing":
+        message = "missing required key"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = str(ctx.get("discriminator", "")).strip("'")
+        loc = (*loc, field)
+        tags = ", ".join(_TAG_CHOICES.get(field, ()))
+        if kind == "union_tag_not_found":
+            message = f"missing required key; expected one of: {tags}"
+        else:
+            message = f'unknown {field} "{ctx.get("tag")}"; expected one of: {tags}'
+    elif kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        expected = f"one of: {', '.join(choices)}" if len(choices) > 1 else "".join(choices)
+        message = f"unknown {loc[-1] if loc else 'value'} {_show(value)}; expected {expected}"
+    elif kind in _TYPE_MESSAGES:
+        message = f"{_TYPE_MESSAGES[kind]}, got {yaml_kind(value)}"
+    elif kind in _NUMBER_LIMITS:
+        message = f"{_must(error['msg'])}, got {_show(value)}"
+    else:
+        message = _must(error["msg"].removeprefix("Value error, "))
+    return format_loc(loc), message
+
+
+def _must(text: str) -> str:
+    return text.replace("Input should be ", "must be ", 1)
+
+
+def _unknown_key(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    if allowed:
+        return f"unknown key; valid keys here: {', '.join(allowed)}"
+    return "unknown key"
+
+
+def _show(value: object) -> str:
+    """A scalar as YAML spells it; only for fields that cannot hold a secret."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None or isinstance(value, bool):
+        return yaml_key(value)
+    if isinstance(value, int | float):
+        return str(value)
+    return yaml_kind(value)
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The keys the model at pydantic location `loc` (tags included) accepts."""
+    node: Any = Config
+    for part in loc:
+        node = _child(node, part)
+    model = _unwrap(node)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            options = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(options) == 1:
+                annotation = options[0]
+                continue
+        return annotation
+
+
+def _child(annotation: Any, part: str | int) -> Any:
+    node = _unwrap(annotation)
+    origin = get_origin(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        field = node.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    if origin is dict:
+        return get_args(node)[1]
+    if origin is list:
+        return get_args(node)[0]
+    if origin in (Union, types.UnionType):
+        for option in map(_unwrap, get_args(node)):
+            if isinstance(option, type) and issubclass(option, BaseModel) and part in _tags(option):
+                return option
+    return None
+
+
+def _tags(model: type[BaseModel]) -> Iterator[object]:
+    for field in model.model_fields.values():
+        if get_origin(field.annotation) is Literal:
+            yield from get_args(field.annotation)
+
+
+def _entries(raw: Mapping[str, Any], section: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, mapping) for each well-formed entry of `sources` or `targets` in the raw tree."""
+    entries = raw.get(section)
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        if isinstance(entry, dict):
+            yield yaml_key(name), entry
+
+
+def _routes(raw: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    routes = raw.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else ()):
+        if isinstance(route, dict):
+            yield i, route
+
+
+def _cross_check(raw: Mapping[str, Any]) -> list[Problem]:
+    """Checks across keys and sections, on the raw tree: made even when a section is invalid."""
+    problems: list[Problem] = []
+    seen_paths: dict[str, str] = {}
+    for name, source in _entries(raw, "sources"):
+        path = source.get("path")
+        if isinstance(path, str) and path in seen_paths:
+            problems.append(
+                (f"sources.{name}.path", f'"{path}" is also used by source {seen_paths[path]}')
+            )
+        elif isinstance(path, str):
+            seen_paths[path] = name
+    for name, target in _entries(raw, "targets"):
+        if None not in (target.get("body"), target.get("template")):
+            # Also a model check, but pydantic skips that when any field of the target is wrong.
+            problems.append((f"targets.{name}", "set body or template, not both"))
+    for section in ("sources", "targets"):
+        problems.extend(_unknown_references(raw, section))
+    return problems
+
+
+def _unknown_references(raw: Mapping[str, Any], section: str) -> Iterator[Problem]:
+    """Each name in a route's `sources` or `targets` that the section does not define."""
+    defined = raw.get(section, {})
+    if not isinstance(defined, dict):
+        return  # reported by validation; every reference would look wrong
+    names = {yaml_key(name) for name in defined}
+    for i, route in _routes(raw):
+        refs = route.get(section)
+        for j, ref in enumerate(refs if isinstance(refs, list) else ()):
+            if isinstance(ref, str) and ref not in names:
+                yield f"routes[{i}].{section}[{j}]", _no_such(section, ref, names)
+
+
+def _no_such(section: str, name: str, names: set[str]) -> str:
+    what = section.removesuffix("s")
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    if close:
+        return f'no {what} named "{name}" (did you mean "{close[0]}"?)'
+    if names:
+        return f'no {what} named "{name}"; {section} are: {", ".join(sorted(names))}'
+    return f'no {what} named "{name}"; no {section} are defined'
+
+
+def _check_templates(raw: Mapping[str, Any], base_dir: Path) -> list[Problem]:
+    """Compile every template and `when`, with the messages `app.compile_config` gives."""
+    templates_dir = raw.get("templates_dir", "templates")
+    has_dir = isinstance(templates_dir, str)
+    compiler = TemplateCompiler(base_dir / templates_dir if has_dir else base_dir)
+    problems: list[Problem] = []
+    for where, kind, text in _template_fields(raw):
+        try:
+            if kind == "expression":
+                compiler.expression(text, where)
+            elif kind == "inline":
+                compiler.inline(text, where)
+            elif has_dir:
+                compiler.file(text)
+        except ValueError as exc:
+            problems.append((where, str(exc)))
+    return problems
+
+
+def _template_fields(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(yaml path, "expression" | "inline" | "file", text) for each template in the tree."""
+    for i, route in _routes(raw):
+        if isinstance(route.get("when"), str):
+            yield f"routes[{i}].when", "expression", route["when"]
+    for name, target in _entries(raw, "targets"):
+        where = f"targets.{name}"
+        url_rest = split_url(target["url"])[1] if isinstance(target.get("url"), str) else ""
+        if "{{" in url_rest or "{%" in url_rest:
+            yield f"{where}.url", "inline", url_rest
+        headers = target.get("headers")
+        for header, value in headers.items() if isinstance(headers, dict) else ():
+            if isinstance(value, str):
+                yield f"{where}.headers.{yaml_key(header)}", "inline", value
+        if isinstance(target.get("body"), str):
+            yield f"{where}.body", "inline", target["body"]
+        if isinstance(target.get("template"), str):
+            yield f"{where}.template", "file", target["template"]
+
+
+def _resolve_paths(config: Config, base_dir: Path) -> Config:
+    """Relative paths in the config are relative to the config file, not to the cwd."""
+    store = config.store
+    if store.startswith("sqlite:///"):
+        rest = store.removeprefix("sqlite:///")
+        file_part, sep, query = rest.partition("?")
+        if not file_part.startswith("/"):
+            file_part = str((base_dir / file_part).resolve())
+        store = f"sqlite:///{file_part}{sep}{query}"
+    templates_dir = str((base_dir / config.templates_dir).resolve())
+    return config.model_copy(update={"store": store, "templates_dir": templates_dir})
