@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from relay import config as cfg
+from relay.allowlist import parse_networks
 from relay.delivery import Dispatcher
 from relay.errors import ConfigError
 from relay.inbound import CompiledSource, Ingest, json_errors
@@ -22,8 +23,7 @@ from relay.metrics import Metrics
 from relay.render import TemplateCompiler
 from relay.retry import RetryPolicy
 from relay.router import Router, compile_routes
-from relay.sources.base import read_generic
-from relay.sources.hmac import build_hmac_verifier
+from relay.sources import READERS, build_verifier
 from relay.store import open_store
 from relay.store.base import Store
 from relay.targets.base import Target, compile_body
@@ -71,8 +71,19 @@ def compile_config(
             warnings.append(
                 f"sources.{name}: no verify: requests to {source.path} are not authenticated"
             )
-        verify = build_hmac_verifier(source.verify) if source.verify is not None else None
-        sources.append(CompiledSource(name, source.path, verify, read_generic))
+        verify = build_verifier(source.verify, clock) if source.verify is not None else None
+        sources.append(
+            CompiledSource(
+                name=name,
+                path=source.path,
+                verify=verify,
+                read=READERS[source.reads_as],
+                allow_ips=parse_networks(source.allow_ips)
+                if source.allow_ips is not None
+                else None,
+                trusted_proxies=parse_networks(source.trusted_proxies),
+            )
+        )
     router = compile_routes(config.routes, compiler.expression, problems)
     targets: dict[str, Target] = {}
     for name, target in config.targets.items():

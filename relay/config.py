@@ -18,14 +18,17 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from relay.allowlist import parse_networks
 from relay.durations import EXAMPLES, parse_duration
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
@@ -80,19 +83,117 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _whsec(secret: SecretStr) -> SecretStr:
+    text = secret.get_secret_value()
+    if not text.startswith("whsec_"):
+        raise _error("secret", "must start with whsec_ (Standard Webhooks secret)")
+    try:
+        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise _error("secret", "must be whsec_ followed by base64") from None
+    if not key:
+        raise _error("secret", "must not be empty after whsec_")
+    return secret
+
+
+WhsecSecret = Annotated[SecretStr, AfterValidator(_whsec)]
+
+
+def _one_or_many(value: object) -> str:
+    return SECRET_LIST_TAG if isinstance(value, list) else SECRET_TAG
+
+
+# A list of secrets lets the receiving side rotate: any one of them verifies. The tags name
+# the two shapes in error locations, where loading drops them.
+SECRET_TAG, SECRET_LIST_TAG = "one secret", "list of secrets"
+Secrets = Annotated[
+    Annotated[Secret, Tag(SECRET_TAG)]
+    | Annotated[list[Secret], Field(min_length=1), Tag(SECRET_LIST_TAG)],
+    Discriminator(_one_or_many),
+]
+WhsecSecrets = Annotated[
+    Annotated[WhsecSecret, Tag(SECRET_TAG)]
+    | Annotated[list[WhsecSecret], Field(min_length=1), Tag(SECRET_LIST_TAG)],
+    Discriminator(_one_or_many),
+]
+
+
+def secret_values(secrets: SecretStr | list[SecretStr]) -> list[str]:
+    return [s.get_secret_value() for s in (secrets if isinstance(secrets, list) else [secrets])]
+
+
 class HmacVerify(Model):
     """Generic HMAC-SHA256 of the raw body, sent in one header."""
 
     scheme: Literal["hmac-sha256"]
-    secret: Secret
+    secret: Secrets
     header: HeaderName
     encoding: Literal["hex", "base64"] = "hex"
     prefix: str = ""
 
 
+class FlagrightVerify(Model):
+    scheme: Literal["flagright"]
+    secret: Secrets
+
+
+class FlagsmithVerify(Model):
+    scheme: Literal["flagsmith"]
+    secret: Secrets
+
+
+class FliptVerify(Model):
+    scheme: Literal["flipt"]
+    secret: Secrets
+
+
+class StandardWebhooksVerify(Model):
+    scheme: Literal["standard-webhooks"]
+    secret: WhsecSecrets
+    tolerance: Duration = timedelta(minutes=5)
+
+
+Verify = Annotated[
+    HmacVerify | FlagrightVerify | FlagsmithVerify | FliptVerify | StandardWebhooksVerify,
+    Field(discriminator="scheme"),
+]
+VERIFY_SCHEMES = ("hmac-sha256", "flagright", "flagsmith", "flipt", "standard-webhooks")
+# How a source's events are read; by default as its verify scheme says (generic without one).
+SENDERS = ("generic", "flagright", "flagsmith", "flipt", "standard-webhooks")
+
+
+def _networks(items: list[str]) -> list[str]:
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise _error("networks", str(exc)) from None
+    return items
+
+
+Networks = Annotated[list[str], AfterValidator(_networks)]
+
+
 class Source(Model):
     path: str
-    verify: HmacVerify | None = None
+    verify: Verify | None = None
+    sender: Literal["generic", "flagright", "flagsmith", "flipt", "standard-webhooks"] | None = None
+    allow_ips: Networks | None = None
+    trusted_proxies: Networks = Field(default_factory=list)
+
+    @property
+    def reads_as(self) -> str:
+        if self.sender is not None:
+            return self.sender
+        if self.verify is None or self.verify.scheme == "hmac-sha256":
+            return "generic"
+        return self.verify.scheme
+
+    @model_validator(mode="after")
+    def _sender_matches_verify(self) -> Source:
+        scheme = self.verify.scheme if self.verify is not None else None
+        if self.sender is not None and scheme not in (None, "hmac-sha256", self.sender):
+            raise _error("sender", f"sender {self.sender} does not match verify.scheme {scheme}")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -122,21 +223,7 @@ class HmacSign(Model):
 
 class StandardWebhooksSign(Model):
     scheme: Literal["standard-webhooks"]
-    secret: SecretStr
-
-    @field_validator("secret")
-    @classmethod
-    def _whsec(cls, secret: SecretStr) -> SecretStr:
-        text = secret.get_secret_value()
-        if not text.startswith("whsec_"):
-            raise _error("secret", "must start with whsec_ (Standard Webhooks secret)")
-        try:
-            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
-        except binascii.Error:
-            raise _error("secret", "must be whsec_ followed by base64") from None
-        if not key:
-            raise _error("secret", "must not be empty after whsec_")
-        return secret
+    secret: WhsecSecret
 
 
 Sign = Annotated[HmacSign | StandardWebhooksSign, Field(discriminator="scheme")]

@@ -20,6 +20,7 @@ class Event:
     payload: Any  # the parsed body
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     data_key: str | None = None  # where the sender's envelope keeps its data, if anywhere
+    created_at: float | None = None  # when the sender says it happened (epoch seconds)
 
     @property
     def data(self) -> Any:
@@ -32,11 +33,16 @@ class Event:
             "id": self.id,
             "type": self.type,
             "source": self.source,
-            "received_at": datetime.fromtimestamp(self.received_at, UTC).isoformat(),
+            "received_at": _iso(self.received_at),
+            "created_at": _iso(self.created_at) if self.created_at is not None else None,
             "payload": self.payload,
             "data": self.data,
             "headers": dict(self.headers),
         }
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The inbound HTTP edge: body limit → verify → JSON → id and type → route → store → 202.
+"""The inbound HTTP edge: allowlist → body limit → verify → JSON → id, type → route → store → 202.
 
 No 2xx leaves before the store has committed; any refusal stores nothing and answers
 `{"error": "<reason>"}` with a status the sender can act on.
@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.events import Event
 from relay.metrics import Metrics
@@ -31,6 +32,15 @@ class CompiledSource:
     path: str
     verify: Verifier | None
     read: Reader
+    allow_ips: list[Network] | None = None
+    trusted_proxies: list[Network] = field(default_factory=list)
+
+    def check_address(self, peer: str | None, forwarded_for: str | None) -> None:
+        if self.allow_ips is None:
+            return
+        address = client_address(peer, forwarded_for, self.trusted_proxies)
+        if address is None or not contains(self.allow_ips, address):
+            raise InboundError(f"address {address} is not allowed to post to {self.path}", 403)
 
 
 def error_response(status: int, reason: str) -> web.Response:
@@ -66,6 +76,7 @@ class Ingest:
         return handle
 
     async def _accept(self, source: CompiledSource, request: web.Request) -> web.Response:
+        source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
         body = await _read_body(request, self._max_body_bytes)
         headers = {name.lower(): value for name, value in request.headers.items()}
         if source.verify is not None:
@@ -84,6 +95,7 @@ class Ingest:
             payload=payload,
             headers=headers,
             data_key=identity.data_key,
+            created_at=identity.created_at,
         )
         targets = self._router.targets_for(
             source.name, event.id, event.type, lambda: {"event": event.template_context()}

@@ -20,7 +20,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from relay.config import SIGN_SCHEMES, TARGET_KINDS, Config, split_url, yaml_key, yaml_kind
+from relay.config import (
+    SECRET_LIST_TAG,
+    SECRET_TAG,
+    SIGN_SCHEMES,
+    TARGET_KINDS,
+    VERIFY_SCHEMES,
+    Config,
+    split_url,
+    yaml_key,
+    yaml_kind,
+)
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
 from relay.render import TemplateCompiler
@@ -130,8 +140,11 @@ def format_loc(loc: Loc) -> str:
 
 def _strip_tags(loc: Loc) -> Loc:
     """Drop the discriminator tags pydantic inserts (`targets.x.http.url` → `targets.x.url`)."""
-    parts = list(loc)
-    if len(parts) > 2 and parts[0] == "targets" and parts[2] in TARGET_KINDS:
+    parts = [p for p in loc if p not in (SECRET_TAG, SECRET_LIST_TAG)]
+    if len(parts) > 3 and parts[0] == "sources" and parts[2] == "verify":
+        if parts[3] in VERIFY_SCHEMES:
+            del parts[3]  # sources.NAME.verify.<scheme>
+    elif len(parts) > 2 and parts[0] == "targets" and parts[2] in TARGET_KINDS:
         del parts[2]  # targets.NAME.<kind>
         if len(parts) > 3 and parts[2] == "sign" and parts[3] in SIGN_SCHEMES:
             del parts[3]  # targets.NAME.sign.<scheme>
@@ -153,7 +166,8 @@ _TYPE_MESSAGES = {
     "list_type": "must be a list",
 }
 _NUMBER_LIMITS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-_TAG_CHOICES = {"kind": TARGET_KINDS, "scheme": SIGN_SCHEMES}
+_TAG_CHOICES: dict[str, tuple[str, ...]] = {"kind": TARGET_KINDS, "scheme": SIGN_SCHEMES}
+_VERIFY_TAG_CHOICES: dict[str, tuple[str, ...]] = {"scheme": VERIFY_SCHEMES}
 
 
 def _format_error(error: ErrorDetails) -> Problem:
@@ -174,7 +188,8 @@ def _format_error(error: ErrorDetails) -> Problem:
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
         field = str(ctx.get("discriminator", "")).strip("'")
         loc = (*loc, field)
-        tags = ", ".join(_TAG_CHOICES.get(field, ()))
+        tag_choices = _VERIFY_TAG_CHOICES if loc[:1] == ("sources",) else _TAG_CHOICES
+        tags = ", ".join(tag_choices.get(field, ()))
         if kind == "union_tag_not_found":
             message = f"missing required key; expected one of: {tags}"
         else:

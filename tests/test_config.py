@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from relay.app import compile_config
-from relay.config import Config, HttpTarget, StandardWebhooksSign
+from relay.config import Config, HmacVerify, HttpTarget, StandardWebhooksSign
 from relay.durations import format_duration, parse_duration
 from relay.envsubst import BadReference, MissingVariable, expand
 from relay.errors import ConfigError
@@ -84,7 +84,7 @@ async def test_valid_config_loads_with_every_field_and_compiles(
     assert audit.retry.max_elapsed == timedelta(days=3)
     assert audit.retry.max_attempts == 10
     assert isinstance(audit.sign, StandardWebhooksSign)
-    assert config.sources["shop"].verify is not None
+    assert isinstance(config.sources["shop"].verify, HmacVerify)
     assert config.sources["shop"].verify.encoding == "base64"
     async with aiohttp.ClientSession() as session:
         compiled = compile_config(config, session)
@@ -205,12 +205,50 @@ CASES: list[tuple[str, str, list[str]]] = [
         ['sources.b.path: "/in" is also used by source a'],
     ),
     (
-        "verify with a wrong scheme and encoding, and without a header",
+        "verify with a wrong scheme",
         "sources: {s: {path: /s, verify: {scheme: sha1, secret: x, encoding: b32}}}\n",
         [
-            'sources.s.verify.scheme: unknown scheme "sha1"; expected hmac-sha256',
+            'sources.s.verify.scheme: unknown scheme "sha1"; expected one of: hmac-sha256,'
+            " flagright, flagsmith, flipt, standard-webhooks",
+        ],
+    ),
+    (
+        "hmac verify with a wrong encoding and without a header",
+        "sources: {s: {path: /s, verify: {scheme: hmac-sha256, secret: x, encoding: b32}}}\n",
+        [
             "sources.s.verify.header: missing required key",
             'sources.s.verify.encoding: unknown encoding "b32"; expected one of: hex, base64',
+        ],
+    ),
+    (
+        "sender verify schemes with bad secrets and tolerance",
+        "sources:\n"
+        "  a: {path: /a, verify: {scheme: flagright, secret: [ok, '']}}\n"
+        "  b: {path: /b, verify: {scheme: flipt, secret: []}}\n"
+        "  c: {path: /c, verify: {scheme: standard-webhooks,"
+        " secret: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, nope],"
+        " tolerance: 5}}\n"
+        "  d: {path: /d, verify: {scheme: flagsmith, secret: x, header: X-Sig}}\n",
+        [
+            "sources.a.verify.secret[1]: must not be empty",
+            "sources.b.verify.secret: List should have at least 1 item after validation, not 0",
+            "sources.c.verify.secret[1]: must start with whsec_ (Standard Webhooks secret)",
+            "sources.c.verify.tolerance: invalid duration 5: add a unit (use e.g. 500ms, 15s, 5m,"
+            " 24h, 3d)",
+            "sources.d.verify.header: unknown key; valid keys here: scheme, secret",
+        ],
+    ),
+    (
+        "allowlists with a bad entry, and a sender that contradicts verify",
+        "sources:\n"
+        "  a: {path: /a, allow_ips: [10.0.0.0/8, flagright-prod], trusted_proxies: [nope]}\n"
+        "  b: {path: /b, sender: flipt, verify: {scheme: flagright, secret: x}}\n",
+        [
+            'sources.a.allow_ips: "flagright-prod" is neither an address, a CIDR nor a preset'
+            " (flagright-production, flagright-sandbox)",
+            'sources.a.trusted_proxies: "nope" is neither an address, a CIDR nor a preset'
+            " (flagright-production, flagright-sandbox)",
+            "sources.b: sender flipt does not match verify.scheme flagright",
         ],
     ),
     (
@@ -529,7 +567,8 @@ async def test_template_is_looked_up_in_templates_dir_relative_to_the_config(
         ),
         (
             "sources: {verify: {path: /v, bogus: 1}}\n",
-            "sources.verify.bogus: unknown key; valid keys here: path, verify",
+            "sources.verify.bogus: unknown key; valid keys here: path, verify, sender, allow_ips,"
+            " trusted_proxies",
         ),
         (
             "sources: {s: {path: /v, verify: {scheme: hmac-sha256, secret: x, header: X, "

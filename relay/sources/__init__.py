@@ -1,1 +1,37 @@
-"""Inbound senders: how each one's requests are verified and read into relay's event."""
+"""Inbound senders: how each one's requests are verified and read into relay's event.
+
+A sender family is one module with `build_verifier` and `read`, plus one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from relay import config
+from relay.signing import standard_webhooks_key
+from relay.sources import flagright, flagsmith, flipt, standard_webhooks
+from relay.sources.base import Reader, Verifier, read_generic
+from relay.sources.hmac import build_hmac_verifier
+
+READERS: dict[str, Reader] = {
+    "generic": read_generic,
+    "flagright": flagright.read,
+    "flagsmith": flagsmith.read,
+    "flipt": flipt.read,
+    "standard-webhooks": standard_webhooks.read,
+}
+
+
+def build_verifier(verify: config.Verify, clock: Callable[[], float]) -> Verifier:
+    secrets = config.secret_values(verify.secret)
+    keys = [secret.encode() for secret in secrets]
+    if isinstance(verify, config.HmacVerify):
+        return build_hmac_verifier(keys, verify.header, verify.encoding, verify.prefix)
+    if isinstance(verify, config.FlagrightVerify):
+        return flagright.build_verifier(keys)
+    if isinstance(verify, config.FlagsmithVerify):
+        return flagsmith.build_verifier(keys)
+    if isinstance(verify, config.FliptVerify):
+        return flipt.build_verifier(keys)
+    sw_keys = [standard_webhooks_key(secret) for secret in secrets]
+    return standard_webhooks.build_verifier(sw_keys, verify.tolerance.total_seconds(), clock)

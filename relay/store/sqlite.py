@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL,
     headers TEXT NOT NULL,
     data_key TEXT,
+    created_at REAL,
     UNIQUE (source, event_id)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -214,8 +215,9 @@ class SqliteStore:
 
         def insert(cur: sqlite3.Cursor) -> IngestResult:
             cur.execute(
-                "INSERT INTO events (source, event_id, type, received_at, body, headers, data_key)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING",
+                "INSERT INTO events (source, event_id, type, received_at, body, headers, data_key,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (source, event_id) DO NOTHING",
                 (
                     event.source,
                     event.id,
@@ -224,6 +226,7 @@ class SqliteStore:
                     event.body,
                     headers,
                     event.data_key,
+                    event.created_at,
                 ),
             )
             if cur.rowcount == 0:
@@ -277,7 +280,7 @@ class SqliteStore:
     def _events(self, pks: set[int]) -> dict[int, Event]:
         marks = ",".join("?" * len(pks))
         rows = self._read(
-            "SELECT pk, source, event_id, type, received_at, body, headers, data_key"
+            "SELECT pk, source, event_id, type, received_at, body, headers, data_key, created_at"
             f" FROM events WHERE pk IN ({marks})",
             sorted(pks),
         )
@@ -372,7 +375,7 @@ def _fail(future: asyncio.Future[Any], error: StoreError) -> None:
 
 
 def _event_from_row(row: Sequence[Any]) -> Event:
-    _, source, event_id, event_type, received_at, body, headers, data_key = row
+    _, source, event_id, event_type, received_at, body, headers, data_key, created_at = row
     body = bytes(body)
     return Event(
         source=source,
@@ -383,6 +386,7 @@ def _event_from_row(row: Sequence[Any]) -> Event:
         payload=json.loads(body),
         headers=json.loads(headers),
         data_key=data_key,
+        created_at=created_at,
     )
 
 
