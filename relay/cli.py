@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -16,11 +17,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, samples
 from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
 from relay.config import Config, parse_listen
 from relay.errors import ConfigError, StoreError
 from relay.loading import load_config
+from relay.send import post, sign_request
 from relay.store import open_store
 
 log = logging.getLogger("relay")
@@ -63,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("ids", nargs="*", type=int, default=[], help="delivery ids")
     which.add_argument("--all-dead", action="store_true", help="every dead delivery")
     replay.set_defaults(command=replay_dead)
+    send = command(
+        "send", "Post an event to a running relay, serialised and signed as its sender would."
+    )
+    send.add_argument("--source", required=True, help="the source to post to")
+    event = send.add_mutually_exclusive_group(required=True)
+    event.add_argument("event", nargs="?", type=Path, help="a JSON file holding the event")
+    event.add_argument("--sample", help="a shipped sample event of the source's sender, by name")
+    send.add_argument("--url", help="where to post (default: the source's path on `listen`)")
+    send.set_defaults(command=send_event)
     return parser
 
 
@@ -196,6 +207,43 @@ def _store_command(coro: object) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def send_event(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    source = config.sources.get(args.source)
+    if source is None:
+        names = ", ".join(config.sources) or "none"
+        print(f"relay send: no source named {args.source!r}; sources: {names}", file=sys.stderr)
+        return 1
+    try:
+        payload = _event_payload(args, source.reads_as)
+    except (OSError, ValueError) as exc:
+        print(f"relay send: {exc}", file=sys.stderr)
+        return 1
+    host, port = parse_listen(config.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = args.url or f"http://{host}:{port}{source.path}"
+    request = sign_request(source, payload, time.time)
+    try:
+        status, answer = asyncio.run(post(url, request))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"relay send: cannot post to {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(f"{status} {answer.strip()}")
+    return 0 if 200 <= status < 300 else 1
+
+
+def _event_payload(args: argparse.Namespace, sender: str) -> object:
+    if args.sample is not None:
+        return samples.sample(sender, args.sample).payload
+    try:
+        return json.loads(Path(args.event).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.event} is not JSON: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from relay.errors import StoreError
 from relay.events import Event
-from relay.store.sqlite import SqliteStore
+from relay.store.sqlite import MIGRATIONS, SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
 
 
@@ -133,3 +133,20 @@ routes:
     assert (await relay.counts())["events"] == 0
     again = await relay.post("/hooks/app", {"id": "e1"})
     assert again.status == 202
+
+
+async def test_a_file_from_before_created_at_is_migrated(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "relay.db")
+    old.executescript(MIGRATIONS[0])  # the first schema, before versions were recorded
+    old.close()
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    await store.open()
+    try:
+        await store.ingest(event("e1"), ["a"])
+        (claimed,) = await store.claim("a", 1, 30)
+        assert claimed.event.created_at is None
+    finally:
+        await store.close()
+    check = sqlite3.connect(tmp_path / "relay.db")
+    assert check.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    check.close()
