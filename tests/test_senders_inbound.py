@@ -41,6 +41,9 @@ sources:
   locked:
     path: /hooks/locked
     allow_ips: [flagright-sandbox]
+  unsigned_flagsmith:
+    path: /hooks/unsigned-flagsmith
+    sender: flagsmith
   proxied:
     path: /hooks/proxied
     allow_ips: [flagright-production]
@@ -291,3 +294,11 @@ async def test_relay_send_reports_a_refusal_with_exit_1(
     ]
     assert await asyncio.to_thread(main, argv) == 1
     assert capsys.readouterr().out.startswith("403 ")
+
+
+async def test_a_source_without_verify_can_still_read_as_its_sender(relay: Relay) -> None:
+    body = json.dumps(samples.sample("flagsmith", "AUDIT_LOG_CREATED").payload, sort_keys=True)
+    status, _ = await post(relay, "/hooks/unsigned-flagsmith", body.encode(), {})
+    assert status == 202
+    (record,) = await relay.wait_for_state("delivered")
+    assert record.event_type == "AUDIT_LOG_CREATED"
