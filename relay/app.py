@@ -29,6 +29,7 @@ from relay.store.base import Store
 from relay.targets.base import Target, compile_body
 from relay.targets.console import ConsoleTarget
 from relay.targets.http import build_http_target
+from relay.targets.slack import build_slack_target
 
 log = logging.getLogger("relay")
 
@@ -87,15 +88,28 @@ def compile_config(
     router = compile_routes(config.routes, compiler.expression, problems)
     targets: dict[str, Target] = {}
     for name, target in config.targets.items():
-        if isinstance(target, cfg.HttpTarget):
-            targets[name] = build_http_target(name, target, compiler, session, clock, problems)
-        else:
-            body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
-            policy = RetryPolicy.from_config(target.retry)
-            targets[name] = ConsoleTarget(name, body, policy, out or sys.stdout)
+        targets[name] = build_target(name, target, compiler, session, clock, out, problems)
     if problems:
         raise ConfigError(problems)
     return Compiled(config, sources, router, targets, warnings)
+
+
+def build_target(
+    name: str,
+    target: cfg.Target,
+    compiler: TemplateCompiler,
+    session: aiohttp.ClientSession,
+    clock: Callable[[], float],
+    out: TextIO | None,
+    problems: list[str],
+) -> Target:
+    """The target registry: one branch per `kind`."""
+    if isinstance(target, cfg.HttpTarget):
+        return build_http_target(name, target, compiler, session, clock, problems)
+    if isinstance(target, cfg.SlackTarget):
+        return build_slack_target(name, target, compiler, session, clock, problems)
+    body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
+    return ConsoleTarget(name, body, RetryPolicy.from_config(target.retry), out or sys.stdout)
 
 
 async def create_app(

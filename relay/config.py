@@ -32,7 +32,7 @@ from relay.allowlist import parse_networks
 from relay.durations import EXAMPLES, parse_duration
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
-TARGET_KINDS = ("http", "console")
+TARGET_KINDS = ("http", "slack", "console")
 SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
 SQLITE_OPTIONS = {"synchronous": ("normal", "full"), "busy_timeout": None}
 
@@ -247,6 +247,7 @@ class HttpTarget(_BodyMixin):
     headers: dict[HeaderName, str] = Field(default_factory=dict)
     timeout: Duration = timedelta(seconds=10)
     concurrency: int = Field(default=4, ge=1, le=1024)
+    max_per_second: float | None = Field(default=None, gt=0)
     sign: Sign | None = None
     retry: Retry = Retry()
 
@@ -264,12 +265,36 @@ class HttpTarget(_BodyMixin):
         return method.upper()
 
 
+class SlackTarget(_BodyMixin):
+    """A Slack incoming webhook; the template renders the message JSON."""
+
+    kind: Literal["slack"]
+    url: str
+    timeout: Duration = timedelta(seconds=10)
+    max_per_second: float = Field(default=1.0, gt=0)  # Slack's documented limit
+    retry: Retry = Retry()
+
+    @field_validator("url")
+    @classmethod
+    def _fixed_url(cls, url: str) -> str:
+        check_url_origin(url)
+        if "{{" in url or "{%" in url:
+            raise _error("url", "a Slack webhook url cannot contain template expressions")
+        return url
+
+    @model_validator(mode="after")
+    def _needs_a_message(self) -> SlackTarget:
+        if self.body is None and self.template is None:
+            raise _error("template", "a Slack target needs a template (or body) for the message")
+        return self
+
+
 class ConsoleTarget(_BodyMixin):
     kind: Literal["console"]
     retry: Retry = Retry()
 
 
-Target = Annotated[HttpTarget | ConsoleTarget, Field(discriminator="kind")]
+Target = Annotated[HttpTarget | SlackTarget | ConsoleTarget, Field(discriminator="kind")]
 
 
 class Route(Model):

@@ -6,7 +6,6 @@ template that fails for this event would only fail again.
 
 from __future__ import annotations
 
-import json
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,13 +15,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from relay.errors import RenderError
-
-
-def to_json(value: Any) -> str:
-    """JSON text for use inside a JSON template: `{"payload": {{ event.payload | json }}}`."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises here, naming the missing attribute
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+from relay.filters import FILTERS
 
 
 def build_environment(templates_dir: Path) -> SandboxedEnvironment:
@@ -32,7 +25,7 @@ def build_environment(templates_dir: Path) -> SandboxedEnvironment:
         autoescape=False,
         keep_trailing_newline=False,
     )
-    env.filters["json"] = to_json
+    env.filters.update(FILTERS)
     return env
 
 

@@ -262,12 +262,12 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "target without a kind",
         "targets: {t: {url: 'http://x/'}}\n",
-        ["targets.t.kind: missing required key; expected one of: http, console"],
+        ["targets.t.kind: missing required key; expected one of: http, slack, console"],
     ),
     (
         "target of an unknown kind",
         "targets: {t: {kind: smtp}}\n",
-        ['targets.t.kind: unknown kind "smtp"; expected one of: http, console'],
+        ['targets.t.kind: unknown kind "smtp"; expected one of: http, slack, console'],
     ),
     (
         "http target without a url",

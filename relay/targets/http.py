@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import aiohttp
 from relay import __version__, config
 from relay.errors import RenderError
 from relay.events import Delivery, Failed, Outcome, Retry
+from relay.ratelimit import RateLimiter
 from relay.render import CompiledTemplate, TemplateCompiler
 from relay.retry import RetryPolicy, classify_status
 from relay.signing import HeaderSigner, build_signer
@@ -41,7 +41,13 @@ def message_id(delivery: Delivery) -> str:
     return "msg_" + hashlib.sha256(key).hexdigest()[:32]
 
 
+BodyCheck = Callable[[bytes], bytes]  # checks (and may fix) a rendered body; raises RenderError
+Classifier = Callable[[int, str, str | None, float], Outcome]  # status, text, Retry-After, now
+
+
 class HttpRequestBuilder:
+    """Pure: a delivery becomes the exact request to send (rendered, checked, signed)."""
+
     def __init__(
         self,
         target_name: str,
@@ -51,6 +57,7 @@ class HttpRequestBuilder:
         headers: dict[str, CompiledTemplate],
         body: BodyRenderer,
         signer: HeaderSigner | None,
+        check_body: BodyCheck | None = None,
     ) -> None:
         self.target_name = target_name
         self.method = method
@@ -59,6 +66,7 @@ class HttpRequestBuilder:
         self._headers = headers
         self._body = body
         self._signer = signer
+        self._check_body = check_body
 
     def build(self, delivery: Delivery, now: float) -> OutboundRequest:
         """Render url, headers and body; check JSON; sign. Raises RenderError."""
@@ -71,6 +79,8 @@ class HttpRequestBuilder:
             headers["Content-Type"] = content_type = "application/json"
         if is_json_content_type(content_type) and self._body.template is not None:
             check_json(body, self._body.template.name)
+        if self._check_body is not None:
+            body = self._check_body(body)
         headers["Relay-Event-Id"] = delivery.event.id
         headers["Relay-Attempt"] = str(delivery.attempt)
         headers.setdefault("User-Agent", USER_AGENT)
@@ -93,22 +103,30 @@ class HttpTarget:
         concurrency: int,
         policy: RetryPolicy,
         clock: Callable[[], float],
+        limiter: RateLimiter | None = None,
+        classify: Classifier | None = None,
     ) -> None:
         self.name = name
         self.builder = builder
         self.concurrency = concurrency
         self.policy = policy
-        self.lease_s = timeout_s + 30.0
+        # A claimed delivery may wait for every slot the limiter has promised before its own.
+        wait_s = limiter.interval_s * concurrency if limiter is not None else 0.0
+        self.lease_s = timeout_s + wait_s + 30.0
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._clock = clock
+        self._limiter = limiter
+        self._classify = classify or classify_http
 
     async def send(self, delivery: Delivery) -> Outcome:
         try:
             request = self.builder.build(delivery, self._clock())
         except RenderError as exc:
             return Failed(str(exc))
+        if self._limiter is not None:
+            await self._limiter.acquire()
         try:
             async with self._session.request(
                 request.method,
@@ -119,20 +137,20 @@ class HttpTarget:
                 timeout=self._timeout,
             ) as response:
                 text = await response.text(errors="replace")
-                outcome = classify_status(
-                    response.status, response.headers.get("Retry-After"), self._clock()
-                )
+                retry_after = response.headers.get("Retry-After")
+                return self._classify(response.status, text, retry_after, self._clock())
         except TimeoutError:
             return Retry(f"timed out after {self._timeout_s:g}s")
         except aiohttp.ClientError as exc:
             return Retry(f"connection error: {exc or type(exc).__name__}")
-        return _with_response_text(outcome, text)
 
     async def close(self) -> None:
         return None
 
 
-def _with_response_text(outcome: Outcome, text: str) -> Outcome:
+def classify_http(status: int, text: str, retry_after: str | None, now: float) -> Outcome:
+    """The generic rule, with the start of the answer in the reason a person reads."""
+    outcome = classify_status(status, retry_after, now)
     snippet = " ".join(text.split())[:ERROR_SNIPPET_CHARS]
     if not snippet:
         return outcome
@@ -141,9 +159,6 @@ def _with_response_text(outcome: Outcome, text: str) -> Outcome:
     if isinstance(outcome, Failed):
         return Failed(f"{outcome.reason}: {snippet}", outcome.status)
     return outcome
-
-
-_ORIGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)(.*)$", re.DOTALL)
 
 
 def build_http_target(
@@ -155,8 +170,7 @@ def build_http_target(
     problems: list[str],
 ) -> HttpTarget:
     yaml_path = f"targets.{name}"
-    match = _ORIGIN.match(target.url)
-    origin, rest = (match.group(1), match.group(2)) if match else (target.url, "")
+    origin, rest = config.split_url(target.url)
     path: CompiledTemplate | str = rest
     if "{{" in rest or "{%" in rest:
         path = _compile(compiler, rest, f"{yaml_path}.url", problems) or rest
@@ -168,6 +182,7 @@ def build_http_target(
     body = compile_body(target.body, target.template, compiler, yaml_path, problems)
     signer = build_signer(target.sign) if target.sign is not None else None
     builder = HttpRequestBuilder(name, target.method, origin, path, headers, body, signer)
+    limiter = RateLimiter(target.max_per_second) if target.max_per_second is not None else None
     return HttpTarget(
         name,
         builder,
@@ -176,6 +191,7 @@ def build_http_target(
         target.concurrency,
         RetryPolicy.from_config(target.retry),
         clock,
+        limiter,
     )
 
 

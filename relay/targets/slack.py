@@ -1,0 +1,87 @@
+"""Slack incoming webhooks: the message is checked before sending, Slack's error words kept.
+
+Slack answers `ok`, or a plain-text error word (`invalid_payload`, `channel_not_found`, ...)
+with a 4xx: those fail at once with the word in the reason; 429 waits for Retry-After, 5xx and
+connection errors retry. Sends are spaced to Slack's one message per second by default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from relay import config
+from relay.errors import RenderError
+from relay.events import Delivered, Failed, Outcome, Retry
+from relay.ratelimit import RateLimiter
+from relay.render import TemplateCompiler
+from relay.retry import RetryPolicy, parse_retry_after
+from relay.targets.base import compile_body
+from relay.targets.http import HttpRequestBuilder, HttpTarget
+
+MAX_BLOCKS = 50
+MAX_TEXT_CHARS = 40_000
+TRUNCATION_MARKER = "\n… (truncated by relay)"
+
+
+def check_message(body: bytes) -> bytes:
+    """A message Slack will take: `text` or `blocks`, at most 50 blocks, long text cut."""
+    try:
+        message: Any = json.loads(body)
+    except ValueError as exc:
+        raise RenderError(f"Slack message is not valid JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise RenderError("a Slack message must be a JSON object")
+    text, blocks = message.get("text"), message.get("blocks")
+    if not text and not blocks:
+        raise RenderError('a Slack message needs "text" or "blocks"')
+    if text is not None and not isinstance(text, str):
+        raise RenderError('"text" of a Slack message must be a string')
+    if blocks is not None and not isinstance(blocks, list):
+        raise RenderError('"blocks" of a Slack message must be a list')
+    if blocks is not None and len(blocks) > MAX_BLOCKS:
+        raise RenderError(
+            f"a Slack message has at most {MAX_BLOCKS} blocks; this one has {len(blocks)}"
+        )
+    if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+        message["text"] = text[: MAX_TEXT_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+        return json.dumps(message, ensure_ascii=False).encode()
+    return body
+
+
+def classify_slack(status: int, text: str, retry_after: str | None, now: float) -> Outcome:
+    word = text.strip()[:100] or f"HTTP {status}"
+    if 200 <= status < 300:
+        return Delivered(status)
+    if status == 429:
+        return Retry(f"slack: rate limited ({word})", status, parse_retry_after(retry_after, now))
+    if 500 <= status < 600:
+        return Retry(f"slack: HTTP {status} {word}", status, parse_retry_after(retry_after, now))
+    return Failed(f"slack: {word} (HTTP {status})", status)
+
+
+def build_slack_target(
+    name: str,
+    target: config.SlackTarget,
+    compiler: TemplateCompiler,
+    session: aiohttp.ClientSession,
+    clock: Callable[[], float],
+    problems: list[str],
+) -> HttpTarget:
+    origin, rest = config.split_url(target.url)
+    body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
+    builder = HttpRequestBuilder(name, "POST", origin, rest, {}, body, None, check_message)
+    return HttpTarget(
+        name,
+        builder,
+        session,
+        target.timeout.total_seconds(),
+        concurrency=1,
+        policy=RetryPolicy.from_config(target.retry),
+        clock=clock,
+        limiter=RateLimiter(target.max_per_second),
+        classify=classify_slack,
+    )
