@@ -1,0 +1,166 @@
+"""The Slack target against a local receiver that answers like Slack."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relay.errors import RenderError
+from relay.events import Delivered, Failed, Retry
+from relay.targets.slack import MAX_TEXT_CHARS, TRUNCATION_MARKER, check_message, classify_slack
+from tests.conftest import ConfigWriter, Relay, StartRelay
+from tests.receiver import Receiver, Reply
+
+MESSAGE = '{"text": {{ ("Event " ~ event.id) | json }}}'
+
+
+async def start(
+    write_config: ConfigWriter,
+    start_relay: StartRelay,
+    receiver: Receiver,
+    extra: str = "",
+    body: str = MESSAGE,
+) -> Relay:
+    config = f"""\
+store: "sqlite:///relay.db"
+sources:
+  app: {{path: /hooks/app}}
+targets:
+  slack:
+    kind: slack
+    url: "{receiver.url}/services/T000/B000/XXXX"
+    body: '{body}'
+    retry: {{initial: 10ms, max_interval: 50ms, max_elapsed: 30s}}
+{extra}
+routes:
+  - targets: [slack]
+"""
+    receiver.default = Reply(status=200, body="ok")
+    return await start_relay(write_config(config))
+
+
+async def test_message_is_posted_as_json_to_the_webhook(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver)
+    await relay.post("/hooks/app", {"id": "e1"})
+    (got,) = await receiver.wait_for(1)
+    assert got.path == "/services/T000/B000/XXXX"
+    assert json.loads(got.body) == {"text": "Event e1"}
+    assert got.headers["Content-Type"] == "application/json"
+    await relay.wait_for_state("delivered")
+
+
+async def test_bursts_are_queued_at_the_rate_limit_and_none_is_lost(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver, "    max_per_second: 20")
+    for i in range(10):
+        assert (await relay.post("/hooks/app", {"id": f"e{i}"})).status == 202
+    received = await receiver.wait_for(10)
+    gaps = [b.at - a.at for a, b in zip(received, received[1:], strict=False)]
+    assert min(gaps) >= 0.045  # 1/20 s apart, less clock granularity
+    assert sorted(json.loads(r.body)["text"] for r in received) == sorted(
+        f"Event e{i}" for i in range(10)
+    )
+    await relay.wait_for_state("delivered", count=10)
+
+
+@pytest.mark.slow
+async def test_default_rate_is_one_message_per_second(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver)
+    for i in range(3):
+        await relay.post("/hooks/app", {"id": f"e{i}"})
+    first, _, third = await receiver.wait_for(3, timeout_s=10)
+    assert third.at - first.at >= 1.95
+
+
+@pytest.mark.parametrize(
+    ("status", "word"),
+    [
+        (400, "invalid_payload"),
+        (403, "action_prohibited"),
+        (404, "channel_not_found"),
+        (404, "no_team"),
+        (410, "channel_is_archived"),
+        (400, "no_text"),
+    ],
+)
+async def test_slack_error_words_fail_at_once_with_the_word(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver, status: int, word: str
+) -> None:
+    relay = await start(write_config, start_relay, receiver)
+    receiver.default = Reply(status=status, body=word)
+    await relay.post("/hooks/app", {"id": "e1"})
+    (record,) = await relay.wait_for_state("dead")
+    assert record.last_error == f"slack: {word} (HTTP {status})"
+    assert record.attempts == 1
+
+
+async def test_server_errors_retry(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver, "    max_per_second: 100")
+    receiver.script = [Reply(status=500, body="rollup_error"), Reply(status=503, body="")]
+    await relay.post("/hooks/app", {"id": "e1"})
+    (record,) = await relay.wait_for_state("delivered")
+    assert record.attempts == 3
+
+
+async def test_429_waits_as_asked(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver, "    max_per_second: 100")
+    receiver.script = [Reply(status=429, body="rate_limited", headers={"Retry-After": "1"})]
+    await relay.post("/hooks/app", {"id": "e1"})
+    first, second = await receiver.wait_for(2)
+    assert second.at - first.at >= 0.95
+    await relay.wait_for_state("delivered")
+
+
+async def test_a_message_without_text_or_blocks_fails_without_sending(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver, body='{"attachments": []}')
+    await relay.post("/hooks/app", {"id": "e1"})
+    (record,) = await relay.wait_for_state("dead")
+    assert record.last_error == 'a Slack message needs "text" or "blocks"'
+    assert receiver.received == []
+
+
+async def test_overlong_text_is_cut_with_a_visible_marker(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    body = '{"text": {{ event.payload.long | json }}}'
+    relay = await start(write_config, start_relay, receiver, body=body)
+    await relay.post("/hooks/app", {"id": "e1", "long": "x" * 50_000})
+    (got,) = await receiver.wait_for(1)
+    text = json.loads(got.body)["text"]
+    assert len(text) == MAX_TEXT_CHARS
+    assert text.endswith(TRUNCATION_MARKER)
+
+
+def test_check_message_rules() -> None:
+    assert check_message(b'{"text": "hi"}') == b'{"text": "hi"}'
+    assert check_message(b'{"blocks": [{"type": "divider"}]}')
+    blocks = json.dumps({"blocks": [{"type": "divider"}] * 51}).encode()
+    with pytest.raises(RenderError, match="at most 50 blocks; this one has 51"):
+        check_message(blocks)
+    with pytest.raises(RenderError, match="must be a JSON object"):
+        check_message(b"[]")
+    with pytest.raises(RenderError, match='"text" of a Slack message must be a string'):
+        check_message(b'{"text": 5}')
+    with pytest.raises(RenderError, match="not valid JSON"):
+        check_message(b"{")
+
+
+def test_classify_slack() -> None:
+    assert classify_slack(200, "ok", None, 0) == Delivered(200)
+    assert classify_slack(429, "", "7", 0) == Retry("slack: rate limited (HTTP 429)", 429, 7.0)
+    assert classify_slack(500, "rollup_error", None, 0) == Retry(
+        "slack: HTTP 500 rollup_error", 500, None
+    )
+    assert classify_slack(302, "", None, 0) == Failed("slack: HTTP 302 (HTTP 302)", 302)
