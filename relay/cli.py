@@ -20,8 +20,16 @@ from aiohttp import web
 from relay import __version__, samples
 from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
 from relay.config import Config, parse_listen
-from relay.errors import ConfigError, StoreError
+from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
+from relay.preview import (
+    build_event,
+    check_samples,
+    config_secrets,
+    format_request,
+    preview,
+    redact,
+)
 from relay.send import post, sign_request
 from relay.store import open_store
 
@@ -65,9 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("ids", nargs="*", type=int, default=[], help="delivery ids")
     which.add_argument("--all-dead", action="store_true", help="every dead delivery")
     replay.set_defaults(command=replay_dead)
-    send = command(
-        "send", "Post an event to a running relay, serialised and signed as its sender would."
-    )
+    show = command("render", "Print the request a target would send for an event; send nothing.")
+    show.add_argument("--target", required=True, help="the target to render")
+    show.add_argument("--source", help="read the event as this source's sender does")
+    shown = show.add_mutually_exclusive_group(required=True)
+    shown.add_argument("event", nargs="?", type=Path, help="a JSON file holding the event")
+    shown.add_argument("--sample", help="a shipped sample event of the source's sender")
+    show.set_defaults(command=render)
+    send = command("send", "Post an event to a running relay, as its sender would sign it.")
     send.add_argument("--source", required=True, help="the source to post to")
     event = send.add_mutually_exclusive_group(required=True)
     event.add_argument("event", nargs="?", type=Path, help="a JSON file holding the event")
@@ -101,7 +114,12 @@ def check(args: argparse.Namespace) -> int:
             compiled = compile_config(config, session)
             for warning in compiled.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
-            return compiled.summary()
+            problems = check_samples(
+                config, list(compiled.router.routes), compiled.targets, time.time()
+            )
+            if problems:
+                raise ConfigError(problems)
+            return f"{compiled.summary()}, templates rendered against {SAMPLES_NOTE}"
 
     try:
         summary = asyncio.run(compile_all())
@@ -109,6 +127,48 @@ def check(args: argparse.Namespace) -> int:
         _print_problems(args.config, exc.problems)
         return 1
     print(f"{args.config}: OK: {summary}")
+    return 0
+
+
+SAMPLES_NOTE = "the shipped samples"
+
+
+def render(args: argparse.Namespace) -> int:
+    """Print the exact request a target would send for an event, secrets redacted."""
+    config = _load(args.config)
+    if config is None:
+        return 1
+    if args.target not in config.targets:
+        names = ", ".join(config.targets) or "none"
+        print(f"relay render: no target named {args.target!r}; targets: {names}", file=sys.stderr)
+        return 1
+    sender = config.sources[args.source].reads_as if args.source in config.sources else "generic"
+    if args.source is not None and args.source not in config.sources:
+        print(f"relay render: no source named {args.source!r}", file=sys.stderr)
+        return 1
+    try:
+        payload = _event_payload(args, sender)
+    except (OSError, ValueError) as exc:
+        print(f"relay render: {exc}", file=sys.stderr)
+        return 1
+
+    async def show() -> str:
+        async with aiohttp.ClientSession() as session:
+            compiled = compile_config(config, session)
+            now = time.time()
+            event = build_event(args.source or "source", sender, payload, now)
+            request = preview(compiled.targets[args.target], event, now)
+            target_config = config.targets[args.target]
+            return format_request(redact(request, config_secrets(config), target_config))
+
+    try:
+        print(asyncio.run(show()))
+    except ConfigError as exc:
+        _print_problems(args.config, exc.problems)
+        return 1
+    except (RenderError, InboundError) as exc:
+        print(f"relay render: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,7 +44,7 @@ def compile_type_globs(globs: Sequence[str]) -> re.Pattern[str]:
 
 class Router:
     def __init__(self, routes: Sequence[CompiledRoute]) -> None:
-        self._routes = tuple(routes)
+        self.routes = tuple(routes)
 
     def targets_for(
         self, source: str, event_id: str, event_type: str, context: Callable[[], Mapping[str, Any]]
@@ -56,7 +56,7 @@ class Router:
         """
         chosen: dict[str, None] = {}
         built_once = functools.cache(context)
-        for route in self._routes:
+        for route in self.routes:
             try:
                 matched = route.matches(source, event_type, built_once)
             except RenderError as exc:

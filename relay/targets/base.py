@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.errors import RenderError
@@ -12,11 +13,25 @@ from relay.render import CompiledTemplate, TemplateCompiler
 from relay.retry import RetryPolicy
 
 
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """Exactly what a target would send for one delivery."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
 class Target(Protocol):
     name: str
     concurrency: int
     policy: RetryPolicy
     lease_s: float  # how long a claimed delivery may take before another worker may retry it
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        """Render without sending (`relay render`, `relay check`); raises RenderError."""
+        ...
 
     async def send(self, delivery: Delivery) -> Outcome: ...
 

@@ -8,7 +8,7 @@ from typing import TextIO
 from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome
 from relay.retry import RetryPolicy
-from relay.targets.base import BodyRenderer, template_context
+from relay.targets.base import BodyRenderer, OutboundRequest, template_context
 
 
 class ConsoleTarget:
@@ -21,12 +21,16 @@ class ConsoleTarget:
         self._body = body
         self._out = out
 
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        body = self._body.render(delivery.event, template_context(delivery.event, self.name))
+        return OutboundRequest("WRITE", "stdout", {}, one_line(body).encode())
+
     async def send(self, delivery: Delivery) -> Outcome:
         try:
-            body = self._body.render(delivery.event, template_context(delivery.event, self.name))
+            line = self.preview(delivery, 0.0).body.decode()
         except RenderError as exc:
             return Failed(str(exc))
-        self._out.write(one_line(body) + "\n")
+        self._out.write(line + "\n")
         self._out.flush()
         return Delivered()
 

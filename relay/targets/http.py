@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 
@@ -17,6 +16,7 @@ from relay.retry import RetryPolicy, classify_status
 from relay.signing import HeaderSigner, build_signer
 from relay.targets.base import (
     BodyRenderer,
+    OutboundRequest,
     check_json,
     compile_body,
     is_json_content_type,
@@ -25,14 +25,6 @@ from relay.targets.base import (
 
 USER_AGENT = f"relay/{__version__}"
 ERROR_SNIPPET_CHARS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundRequest:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
 
 
 def message_id(delivery: Delivery) -> str:
@@ -119,6 +111,9 @@ class HttpTarget:
         self._clock = clock
         self._limiter = limiter
         self._classify = classify or classify_http
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        return self.builder.build(delivery, now)
 
     async def send(self, delivery: Delivery) -> Outcome:
         try:

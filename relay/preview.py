@@ -1,0 +1,134 @@
+"""Rendering without sending: `relay render` shows one request, `relay check` renders every
+route's templates against the shipped samples of its sources, so template mistakes surface
+before deploy rather than as dead deliveries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from relay import config, samples
+from relay.errors import RenderError
+from relay.events import Delivery, Event
+from relay.router import CompiledRoute
+from relay.send import serialise
+from relay.sources import READERS
+from relay.targets.base import OutboundRequest, Target
+
+REDACTED = "[redacted]"
+_SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|signature|cookie|password", re.I)
+
+
+def build_event(source_name: str, sender: str, payload: Any, now: float) -> Event:
+    """The event relay would store for `payload` sent by `sender` to source `source_name`."""
+    body = serialise(sender, payload)
+    headers = {"content-type": "application/json"}
+    if sender == "standard-webhooks":
+        headers |= {"webhook-id": "msg_preview", "webhook-timestamp": str(int(now))}
+    identity = READERS[sender](source_name, payload, body, headers)
+    return Event(
+        source=source_name,
+        id=identity.id,
+        type=identity.type,
+        received_at=now,
+        body=body,
+        payload=payload,
+        headers=headers,
+        data_key=identity.data_key,
+        created_at=identity.created_at,
+    )
+
+
+def preview(target: Target, event: Event, now: float) -> OutboundRequest:
+    return target.preview(Delivery(0, target.name, 1, now, event), now)
+
+
+def redact(request: OutboundRequest, secrets: list[str], target: config.Target) -> OutboundRequest:
+    """Headers that carry credentials, values holding a configured secret, Slack's URL path."""
+    headers = {
+        name: REDACTED if _SENSITIVE_HEADER.search(name) or _holds(value, secrets) else value
+        for name, value in request.headers.items()
+    }
+    url = request.url
+    if isinstance(target, config.SlackTarget):
+        origin, _ = config.split_url(url)
+        url = f"{origin}/{REDACTED}"
+    return OutboundRequest(request.method, url, headers, request.body)
+
+
+def _holds(value: str, secrets: list[str]) -> bool:
+    return any(secret and secret in value for secret in secrets)
+
+
+def config_secrets(cfg: config.Config) -> list[str]:
+    found: list[str] = []
+    for source in cfg.sources.values():
+        if source.verify is not None:
+            found += config.secret_values(source.verify.secret)
+    for target in cfg.targets.values():
+        sign = getattr(target, "sign", None)
+        if sign is not None:
+            found.append(sign.secret.get_secret_value())
+    return found
+
+
+def format_request(request: OutboundRequest) -> str:
+    lines = [f"{request.method} {request.url}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    return "\n".join([*lines, "", request.body.decode("utf-8", errors="replace")])
+
+
+def check_samples(
+    cfg: config.Config,
+    routes: list[CompiledRoute],
+    targets: Mapping[str, Target],
+    now: float,
+) -> list[str]:
+    """Render each route's targets for every sample its sources and types would let through.
+
+    One problem per (target, sample): the same template failing through two routes is one fix.
+    """
+    problems: dict[tuple[str, str, str], str] = {}
+    for route in routes:
+        where = f"routes[{route.index}]"
+        for source_name, sample in _samples_for(cfg, route):
+            sender = sample.sender
+            event = build_event(source_name, sender, sample.payload, now)
+            try:
+                if not route.matches(
+                    source_name, event.type, _constant({"event": event.template_context()})
+                ):
+                    continue
+            except RenderError as exc:
+                problems.setdefault(
+                    (where, sender, sample.name), f"{where}.when: {_on(sample, event)}: {exc}"
+                )
+                continue
+            for target_name in route.targets:
+                try:
+                    preview(targets[target_name], event, now)
+                except RenderError as exc:
+                    problems.setdefault(
+                        (target_name, sender, sample.name),
+                        f"{where} → targets.{target_name}: {_on(sample, event)}: {exc}",
+                    )
+    return list(problems.values())
+
+
+def _constant(context: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: context
+
+
+def _on(sample: samples.Sample, event: Event) -> str:
+    return f"{sample.sender} sample {sample.name} (type {event.type})"
+
+
+def _samples_for(cfg: config.Config, route: CompiledRoute) -> Iterator[tuple[str, samples.Sample]]:
+    for source_name, source in cfg.sources.items():
+        if route.sources is not None and source_name not in route.sources:
+            continue
+        if source.reads_as in samples.SENDERS:
+            for sample in samples.samples(source.reads_as):
+                yield source_name, sample
