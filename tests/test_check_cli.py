@@ -72,7 +72,10 @@ def test_check_ok_prints_one_summary_line_and_exits_0(
     assert main(["check", "-c", str(path)]) == 0
     out, err = capsys.readouterr()
     store = f"sqlite:///{tmp_path / 'var' / 'relay.db'}"
-    assert out == f"{path}: OK: 1 sources, 2 targets, 2 routes, store {store}\n"
+    assert out == (
+        f"{path}: OK: 1 sources, 2 targets, 2 routes, store {store},"
+        " templates rendered against the shipped samples\n"
+    )
     assert err == ""
     assert not (tmp_path / "var").exists()  # check opens no store
 

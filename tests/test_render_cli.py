@@ -43,7 +43,8 @@ GUARDED = """\
 """
 BROKEN = """\
 {"text": {{ ("Case " ~ event.type) | json }},
- "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": {{ event.data.caseId | json }}}}]}
+ "blocks": [{"type": "section",
+             "text": {"type": "mrkdwn", "text": {{ event.data.caseId | json }}}}]}
 """
 
 
@@ -68,10 +69,10 @@ def test_check_reports_a_template_that_fails_for_some_types_with_its_location(
     assert err == [
         f"{path}: 2 problem(s):",
         "  routes[0] → targets.slack: flagright sample CASE_INTERIM_STATUS_UPDATE"
-        " (type CASE_INTERIM_STATUS_UPDATE): case.j2 line 2: 'dict object' has no attribute"
+        " (type CASE_INTERIM_STATUS_UPDATE): case.j2 line 3: 'dict object' has no attribute"
         " 'caseId'",
         "  routes[0] → targets.slack: flagright sample CASE_OPENED (type CASE_OPENED):"
-        " case.j2 line 2: 'dict object' has no attribute 'caseId'",
+        " case.j2 line 3: 'dict object' has no attribute 'caseId'",
     ]
 
 
@@ -174,5 +175,5 @@ def test_render_reports_a_template_error(
     )
     assert code == 1
     assert capsys.readouterr().err == (
-        "relay render: case.j2 line 2: 'dict object' has no attribute 'caseId'\n"
+        "relay render: case.j2 line 3: 'dict object' has no attribute 'caseId'\n"
     )
