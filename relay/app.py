@@ -30,6 +30,7 @@ from relay.targets.base import Target, compile_body
 from relay.targets.console import ConsoleTarget
 from relay.targets.http import build_http_target
 from relay.targets.slack import build_slack_target
+from relay.targets.warehouse import build_warehouse_target
 
 log = logging.getLogger("relay")
 
@@ -108,6 +109,8 @@ def build_target(
         return build_http_target(name, target, compiler, session, clock, problems)
     if isinstance(target, cfg.SlackTarget):
         return build_slack_target(name, target, compiler, session, clock, problems)
+    if isinstance(target, cfg.WarehouseTarget):
+        return build_warehouse_target(name, target, compiler, problems)
     body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
     return ConsoleTarget(name, body, RetryPolicy.from_config(target.retry), out or sys.stdout)
 

@@ -32,7 +32,7 @@ from relay.allowlist import parse_networks
 from relay.durations import EXAMPLES, parse_duration
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
-TARGET_KINDS = ("http", "slack", "console")
+TARGET_KINDS = ("http", "slack", "warehouse", "console")
 SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
 SQLITE_OPTIONS = {"synchronous": ("normal", "full"), "busy_timeout": None}
 
@@ -294,7 +294,76 @@ class ConsoleTarget(_BodyMixin):
     retry: Retry = Retry()
 
 
-Target = Annotated[HttpTarget | SlackTarget | ConsoleTarget, Field(discriminator="kind")]
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+COLUMN_TYPES = ("text", "bigint", "double", "boolean", "timestamptz", "jsonb")
+
+
+def _identifier(name: str) -> str:
+    if not _IDENTIFIER.fullmatch(name):
+        raise _error("identifier", f'"{name}" is not a plain SQL name (letters, digits, "_")')
+    return name
+
+
+def _table_name(name: str) -> str:
+    for part in name.split("."):
+        _identifier(part)
+    if name.count(".") > 1:
+        raise _error("table", f'"{name}" must be TABLE or SCHEMA.TABLE')
+    return name
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
+
+class Column(Model):
+    value: str  # a Jinja expression over `event`, `target` and, with `rows`, `row`
+    type: Literal["text", "bigint", "double", "boolean", "timestamptz", "jsonb"] = "text"
+
+
+class Batch(Model):
+    max_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_wait: Duration = timedelta(seconds=1)
+
+
+class WarehouseTarget(Model):
+    """Rows into PostgreSQL (and what speaks its protocol) or an embedded DuckDB file."""
+
+    kind: Literal["warehouse"]
+    url: str
+    table: Annotated[str, AfterValidator(_table_name)]
+    columns: dict[Identifier, Column] = Field(min_length=1)
+    rows: str | None = None  # a Jinja expression giving a list: one row per item
+    key: list[Identifier] = Field(min_length=1)
+    create_table: bool = False
+    batch: Batch = Batch()
+    timeout: Duration = timedelta(seconds=30)
+    retry: Retry = Retry()
+
+    @field_validator("url")
+    @classmethod
+    def _warehouse_url(cls, url: str) -> str:
+        if url.startswith("duckdb:///"):
+            if not url.removeprefix("duckdb:///"):
+                raise _error("url", "duckdb:/// needs a file path")
+            return url
+        if not url.startswith(("postgresql://", "postgres://")):
+            scheme = url.split("://", 1)[0] if "://" in url else "(none)"
+            raise _error(
+                "url", f'unsupported scheme "{scheme}": use postgresql://... or duckdb:///PATH'
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _key_in_columns(self) -> WarehouseTarget:
+        missing = [name for name in self.key if name not in self.columns]
+        if missing:
+            raise _error("key", f"key column(s) not in columns: {', '.join(missing)}")
+        return self
+
+
+Target = Annotated[
+    HttpTarget | SlackTarget | WarehouseTarget | ConsoleTarget, Field(discriminator="kind")
+]
 
 
 class Route(Model):

@@ -27,6 +27,8 @@ from relay.config import (
     TARGET_KINDS,
     VERIFY_SCHEMES,
     Config,
+    Target,
+    WarehouseTarget,
     split_url,
     yaml_key,
     yaml_kind,
@@ -363,18 +365,24 @@ def _template_fields(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
         if isinstance(route.get("when"), str):
             yield f"routes[{i}].when", "expression", route["when"]
     for name, target in _entries(raw, "targets"):
-        where = f"targets.{name}"
-        url_rest = split_url(target["url"])[1] if isinstance(target.get("url"), str) else ""
-        if "{{" in url_rest or "{%" in url_rest:
-            yield f"{where}.url", "inline", url_rest
-        headers = target.get("headers")
-        for header, value in headers.items() if isinstance(headers, dict) else ():
-            if isinstance(value, str):
-                yield f"{where}.headers.{yaml_key(header)}", "inline", value
-        if isinstance(target.get("body"), str):
-            yield f"{where}.body", "inline", target["body"]
-        if isinstance(target.get("template"), str):
-            yield f"{where}.template", "file", target["template"]
+        yield from _target_templates(f"targets.{name}", target)
+
+
+def _target_templates(where: str, target: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    url_rest = split_url(target["url"])[1] if isinstance(target.get("url"), str) else ""
+    if "{{" in url_rest or "{%" in url_rest:
+        yield f"{where}.url", "inline", url_rest
+    headers = target.get("headers")
+    for header, value in headers.items() if isinstance(headers, dict) else ():
+        if isinstance(value, str):
+            yield f"{where}.headers.{yaml_key(header)}", "inline", value
+    columns = target.get("columns")
+    for column, spec in columns.items() if isinstance(columns, dict) else ():
+        if isinstance(spec, dict) and isinstance(spec.get("value"), str):
+            yield f"{where}.columns.{yaml_key(column)}.value", "expression", spec["value"]
+    for field, kind in (("rows", "expression"), ("body", "inline"), ("template", "file")):
+        if isinstance(target.get(field), str):
+            yield f"{where}.{field}", kind, target[field]
 
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
@@ -387,4 +395,16 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             file_part = str((base_dir / file_part).resolve())
         store = f"sqlite:///{file_part}{sep}{query}"
     templates_dir = str((base_dir / config.templates_dir).resolve())
-    return config.model_copy(update={"store": store, "templates_dir": templates_dir})
+    targets = {name: _resolve_target(target, base_dir) for name, target in config.targets.items()}
+    return config.model_copy(
+        update={"store": store, "templates_dir": templates_dir, "targets": targets}
+    )
+
+
+def _resolve_target(target: Target, base_dir: Path) -> Target:
+    if not isinstance(target, WarehouseTarget) or not target.url.startswith("duckdb:///"):
+        return target
+    path = target.url.removeprefix("duckdb:///")
+    if not path.startswith("/"):
+        path = str((base_dir / path).resolve())
+    return target.model_copy(update={"url": f"duckdb:///{path}"})

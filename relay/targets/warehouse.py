@@ -1,0 +1,170 @@
+"""Warehouse target: events become rows, written in batches, idempotently by key.
+
+Each delivery's rows join the current batch and the delivery waits for the batch's outcome.
+A batch is written when it holds `max_rows` rows or `max_wait` after its first row, whichever
+comes first, one batch at a time. The store keeps the deliveries pending meanwhile, so a crash
+loses nothing, and the key makes the redelivery a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay import config
+from relay.errors import RenderError
+from relay.events import Delivered, Delivery, Failed, Outcome, Retry
+from relay.render import TemplateCompiler
+from relay.retry import RetryPolicy
+from relay.targets.base import OutboundRequest
+from relay.warehouse.base import WarehouseUnavailable, Writer
+from relay.warehouse.duckdb import DuckdbWriter
+from relay.warehouse.postgres import PostgresWriter
+from relay.warehouse.rows import ColumnSpec, Row, RowMapper
+
+Pending = tuple[Sequence[Row], "asyncio.Future[Outcome]"]
+
+
+class Batcher:
+    def __init__(self, writer: Writer, max_rows: int, max_wait_s: float) -> None:
+        self._writer = writer
+        self._max_rows = max_rows
+        self._max_wait_s = max_wait_s
+        self._pending: list[Pending] = []
+        self._rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, rows: Sequence[Row]) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((rows, future))
+        self._rows += len(rows)
+        if self._rows >= self._max_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._max_wait_s, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending, self._rows = self._pending, [], 0
+        if batch:
+            task = asyncio.create_task(self._write(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[Pending]) -> None:
+        async with self._writing:
+            try:
+                results = await self._writer.write([rows for rows, _ in batch])
+                outcomes: list[Outcome] = [
+                    Delivered() if error is None else Failed(error) for error in results
+                ]
+            except WarehouseUnavailable as exc:
+                outcomes = [Retry(str(exc))] * len(batch)
+            except Exception as exc:  # a bug must not leave deliveries waiting forever
+                outcomes = [Retry(f"internal error: {exc!r}")] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def close(self) -> None:
+        self._flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class WarehouseTarget:
+    def __init__(
+        self,
+        name: str,
+        mapper: RowMapper,
+        writer: Writer,
+        batch: config.Batch,
+        timeout_s: float,
+        policy: RetryPolicy,
+    ) -> None:
+        self.name = name
+        self.mapper = mapper
+        self.policy = policy
+        # Enough deliveries in flight to fill a batch; each waits for its batch's write.
+        self.concurrency = batch.max_rows
+        max_wait_s = batch.max_wait.total_seconds()
+        self.lease_s = max_wait_s + 2 * timeout_s + 30.0
+        self._writer = writer
+        self._batcher = Batcher(writer, batch.max_rows, max_wait_s)
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        rows = self.mapper.rows_for(delivery.event)
+        lines = [repr(dict(zip(self.mapper.names, row, strict=True))) for row in rows]
+        return OutboundRequest("INSERT", self.name, {}, "\n".join(lines).encode())
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        try:
+            rows = self.mapper.rows_for(delivery.event)
+        except RenderError as exc:
+            return Failed(str(exc))
+        if not rows:
+            return Delivered()
+        # Shielded: a shutdown cancelling this send lets the batch finish; the delivery comes
+        # back through its lease, and the key makes the second write a no-op.
+        return await asyncio.shield(self._batcher.add(rows))
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        with contextlib.suppress(Exception):
+            await self._writer.close()
+
+
+def build_warehouse_target(
+    name: str,
+    target: config.WarehouseTarget,
+    compiler: TemplateCompiler,
+    problems: list[str],
+) -> WarehouseTarget:
+    where = f"targets.{name}"
+    columns: list[ColumnSpec] = []
+    for column, spec in target.columns.items():
+        try:
+            value = compiler.expression(spec.value, f"{where}.columns.{column}.value")
+        except ValueError as exc:
+            problems.append(f"{where}.columns.{column}.value: {exc}")
+            continue
+        columns.append(ColumnSpec(column, spec.type, value))
+    rows = None
+    if target.rows is not None:
+        try:
+            rows = compiler.expression(target.rows, f"{where}.rows")
+        except ValueError as exc:
+            problems.append(f"{where}.rows: {exc}")
+    mapper = RowMapper(name, columns, rows)
+    return WarehouseTarget(
+        name,
+        mapper,
+        open_writer(target),
+        target.batch,
+        target.timeout.total_seconds(),
+        RetryPolicy.from_config(target.retry),
+    )
+
+
+def open_writer(target: config.WarehouseTarget) -> Writer:
+    """The writer for the url's database; nothing connects until the first batch."""
+    columns = [(name, spec.type) for name, spec in target.columns.items()]
+    if target.url.startswith("duckdb:///"):
+        path = Path(target.url.removeprefix("duckdb://"))
+        return DuckdbWriter(path, target.table, columns, target.key, target.create_table)
+    return PostgresWriter(
+        target.url,
+        target.table,
+        columns,
+        target.key,
+        target.create_table,
+        target.timeout.total_seconds(),
+    )

@@ -1,0 +1,1 @@
+"""Warehouse writers: one per database family, behind `base.Writer`."""
