@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from relay.app import compile_config
-from relay.config import Config, HmacVerify, HttpTarget, StandardWebhooksSign
+from relay.config import Config, ConsoleTarget, HmacVerify, HttpTarget, StandardWebhooksSign
 from relay.durations import format_duration, parse_duration
 from relay.envsubst import BadReference, MissingVariable, expand
 from relay.errors import ConfigError
@@ -262,12 +262,12 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "target without a kind",
         "targets: {t: {url: 'http://x/'}}\n",
-        ["targets.t.kind: missing required key; expected one of: http, slack, console"],
+        ["targets.t.kind: missing required key; expected one of: http, slack, warehouse, console"],
     ),
     (
         "target of an unknown kind",
         "targets: {t: {kind: smtp}}\n",
-        ['targets.t.kind: unknown kind "smtp"; expected one of: http, slack, console'],
+        ['targets.t.kind: unknown kind "smtp"; expected one of: http, slack, warehouse, console'],
     ),
     (
         "http target without a url",
@@ -865,7 +865,9 @@ def test_yaml_merge_keys_may_be_overridden(write_config: ConfigWriter) -> None:
             body: "b"
     """
     config = load_config(write_config(yaml_text), {})
-    assert config.targets["b"].body == "b"
+    merged = config.targets["b"]
+    assert isinstance(merged, ConsoleTarget)
+    assert merged.body == "b"
 
 
 # -- secrets -------------------------------------------------------------------------------
