@@ -18,7 +18,7 @@ from relay import config as cfg
 from relay.allowlist import parse_networks
 from relay.delivery import Dispatcher
 from relay.errors import ConfigError
-from relay.inbound import CompiledSource, Ingest, json_errors
+from relay.inbound import CompiledSource, Ingest, fallback
 from relay.metrics import Metrics
 from relay.render import TemplateCompiler
 from relay.retry import RetryPolicy
@@ -141,7 +141,7 @@ async def create_app(
         store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
     )
 
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=config.limits.max_body_bytes)
     app[STORE] = store
     app[DISPATCHER] = dispatcher
     for source in compiled.sources:
@@ -155,6 +155,9 @@ async def create_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    allowed = {source.path: "POST" for source in compiled.sources}
+    allowed.update({"/healthz": "GET", "/metrics": "GET"})
+    app.router.add_route("*", "/{tail:.*}", fallback(allowed))
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         try:

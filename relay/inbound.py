@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -65,13 +65,18 @@ class Ingest:
         self._clock = clock
 
     def handler(self, source: CompiledSource) -> Handler:
+        accepted = self._metrics.requests.labels(source.name, "accepted")
+        duplicate = self._metrics.requests.labels(source.name, "duplicate")
+
         async def handle(request: web.Request) -> web.Response:
             try:
-                return await self._accept(source, request)
+                response = await self._accept(source, request)
             except InboundError as exc:
                 self._metrics.requests.labels(source.name, str(exc.status)).inc()
                 log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
                 return error_response(exc.status, exc.reason)
+            (accepted if response.status == 202 else duplicate).inc()
+            return response
 
         return handle
 
@@ -106,9 +111,7 @@ class Ingest:
             log.error("source %s: event %s not stored: %s", source.name, event.id, exc)
             raise InboundError("relay cannot store the event right now; retry later", 503) from exc
         if result.duplicate:
-            self._metrics.requests.labels(source.name, "duplicate").inc()
             return web.json_response({"id": event.id, "duplicate": True}, status=200)
-        self._metrics.requests.labels(source.name, "accepted").inc()
         self._notify(targets)
         return web.json_response({"id": event.id, "deliveries": result.deliveries}, status=202)
 
@@ -127,15 +130,18 @@ def _too_large(limit: int) -> str:
     return f"body is larger than {limit} bytes (limits.max_body_bytes)"
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own refusals (404, 405) as JSON with a reason, like ours."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return error_response(404, f"no source is configured at {request.path}")
-    except web.HTTPMethodNotAllowed as exc:
-        allowed = ", ".join(sorted(exc.allowed_methods))
+def fallback(allowed_methods: Mapping[str, str]) -> Handler:
+    """The last route: 404, or 405 naming the method to use, as JSON like every refusal.
+
+    A catch-all route rather than a middleware, so that accepted requests pay nothing for it.
+    """
+
+    async def refuse(request: web.Request) -> web.Response:
+        allowed = allowed_methods.get(request.path)
+        if allowed is None:
+            return error_response(404, f"no source is configured at {request.path}")
         return error_response(
             405, f"method {request.method} is not allowed on {request.path}; use {allowed}"
         )
+
+    return refuse

@@ -43,28 +43,47 @@ def compile_type_globs(globs: Sequence[str]) -> re.Pattern[str]:
 
 
 class Router:
+    MEMO_SIZE = 4096
+
     def __init__(self, routes: Sequence[CompiledRoute]) -> None:
         self.routes = tuple(routes)
+        # Without `when`, the answer depends on (source, type) only: remember it.
+        self._memo: dict[tuple[str, str], tuple[str, ...]] | None = (
+            None if any(r.when is not None for r in self.routes) else {}
+        )
 
     def targets_for(
         self, source: str, event_id: str, event_type: str, context: Callable[[], Mapping[str, Any]]
-    ) -> list[str]:
+    ) -> tuple[str, ...]:
         """The union of the targets of every matching route, each once, in config order.
 
         A `when` that fails to evaluate (say, a missing field under StrictUndefined) does not
         match; it is logged with the event so the operator can guard it with `is defined`.
         """
+        if self._memo is not None:
+            known = self._memo.get((source, event_type))
+            if known is None:
+                if len(self._memo) >= self.MEMO_SIZE:
+                    self._memo.clear()
+                known = self._memo[(source, event_type)] = self._match(
+                    source, event_id, event_type, context
+                )
+            return known
+        return self._match(source, event_id, event_type, functools.cache(context))
+
+    def _match(
+        self, source: str, event_id: str, event_type: str, context: Callable[[], Mapping[str, Any]]
+    ) -> tuple[str, ...]:
         chosen: dict[str, None] = {}
-        built_once = functools.cache(context)
         for route in self.routes:
             try:
-                matched = route.matches(source, event_type, built_once)
+                matched = route.matches(source, event_type, context)
             except RenderError as exc:
                 log.warning("routes[%d].when failed for event %s: %s", route.index, event_id, exc)
                 continue
             if matched:
                 chosen.update(dict.fromkeys(route.targets))
-        return list(chosen)
+        return tuple(chosen)
 
 
 def compile_routes(

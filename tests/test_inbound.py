@@ -132,3 +132,17 @@ async def test_other_method_is_405_as_json(relay: Relay) -> None:
     response = await relay.client.get("/hooks/shop")
     assert response.status == 405
     assert await response.json() == {"error": "method GET is not allowed on /hooks/shop; use POST"}
+
+
+async def test_health_and_metrics_endpoints(relay: Relay) -> None:
+    assert (await relay.client.get("/healthz")).status == 200
+    await relay.post("/hooks/shop", {"id": "m1"}, secret=SECRET)
+    await relay.post("/hooks/shop", {"id": "m1"}, secret=SECRET)
+    await relay.post("/hooks/shop", {"id": "m2"})
+    text = await (await relay.client.get("/metrics")).text()
+    assert 'relay_inbound_requests_total{result="accepted",source="shop"} 1.0' in text
+    assert 'relay_inbound_requests_total{result="duplicate",source="shop"} 1.0' in text
+    assert 'relay_inbound_requests_total{result="401",source="shop"} 1.0' in text
+    posted = await relay.client.post("/healthz")
+    assert posted.status == 405
+    assert await posted.json() == {"error": "method POST is not allowed on /healthz; use GET"}

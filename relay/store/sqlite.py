@@ -26,6 +26,7 @@ from relay.durations import parse_duration
 from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.store.base import DeliveryRecord, DeliveryState, IngestResult
+from relay.store.checkpoint import Checkpointer
 
 log = logging.getLogger("relay.store")
 
@@ -94,6 +95,7 @@ class SqliteStore:
         self._synchronous = SYNCHRONOUS[synchronous]
         self._busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
         self._queue: list[tuple[WriteOp, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -131,6 +133,7 @@ class SqliteStore:
             migrate(db)
             released = 0
             if daemon:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
                 released = db.execute(
                     "UPDATE deliveries SET lease_until = 0"
                     " WHERE state = 'pending' AND lease_until > 0"
@@ -143,10 +146,16 @@ class SqliteStore:
         if released:
             log.info("released %d leases left by a previous run", released)
         self._db = db
+        if daemon:
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.start()
 
     async def close(self) -> None:
         if self._queue:
             self._flush()
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None

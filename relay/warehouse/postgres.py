@@ -50,9 +50,11 @@ class PostgresWriter:
         self._lock = asyncio.Lock()
         names = ", ".join(quote(c) for c in self._columns)
         keys = ", ".join(quote(k) for k in key)
+        # The configured columns' types only: no NOT NULL or defaults copied, so a constraint
+        # fails in the INSERT and its message names the target table, not the staging one.
         self._stage_sql = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (LIKE {quote(table)} INCLUDING DEFAULTS)"
-            " ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS"
+            f" AS SELECT {names} FROM {quote(table)} WITH NO DATA"
         )
         self._move_sql = (
             f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM {STAGE}"
@@ -68,7 +70,7 @@ class PostgresWriter:
             raise WarehouseUnavailable(f"PostgreSQL: {_message(exc)}") from exc
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             raise WarehouseUnavailable(
-                f"PostgreSQL unreachable: {exc or type(exc).__name__}"
+                f"PostgreSQL unreachable: {str(exc) or type(exc).__name__}"
             ) from exc
 
     async def _write_batch(
@@ -105,7 +107,10 @@ class PostgresWriter:
         async with self._lock:
             if self._pool is None:
                 pool = await asyncpg.create_pool(
-                    self._url, min_size=1, max_size=2, command_timeout=self._timeout_s
+                    self._url,
+                    min_size=1,
+                    max_size=2,
+                    command_timeout=self._timeout_s,
                 )
                 if self._create_sql is not None:
                     try:
@@ -128,6 +133,6 @@ def _transient(exc: asyncpg.PostgresError) -> bool:
 
 
 def _message(exc: asyncpg.PostgresError) -> str:
-    text = str(exc)
+    text = exc.args[0] if exc.args else str(exc)  # str(exc) would add DETAIL a second time
     detail = getattr(exc, "detail", None)
     return f"{text} ({detail})" if detail else text

@@ -56,7 +56,8 @@ class RowMapper:
             raw = column.value(context)
             try:
                 values.append(convert(raw, column.type))
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:
+                # Undefined names and out-of-range numbers or times fail this event at once.
                 raise RenderError(f"columns.{column.name}: {exc}") from exc
         return tuple(values)
 
@@ -67,7 +68,10 @@ def convert(value: Any, column_type: str) -> Any:
         return None
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises, naming what is missing
-    return _CONVERTERS[column_type](value)
+    converted = _CONVERTERS[column_type](value)
+    if isinstance(converted, str) and not converted.isascii():
+        converted.encode()  # a lone surrogate (JSON "\ud800") cannot be sent: ValueError
+    return converted
 
 
 def _text(value: Any) -> str:
@@ -78,7 +82,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+
+
 def _bigint(value: Any) -> int:
+    number = _integer(value)
+    if not BIGINT_MIN <= number <= BIGINT_MAX:
+        raise ValueError(f"{value!r} is out of range for bigint")
+    return number
+
+
+def _integer(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a bigint")
     if isinstance(value, int):
