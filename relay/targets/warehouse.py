@@ -143,7 +143,12 @@ def build_warehouse_target(
             rows = compiler.expression(target.rows, f"{where}.rows")
         except ValueError as exc:
             problems.append(f"{where}.rows: {exc}")
-    mapper = RowMapper(name, columns, rows)
+    all_columns = None
+    if len(columns) == len(target.columns):
+        together = ", ".join(f"({spec.value})" for spec in target.columns.values())
+        with contextlib.suppress(ValueError):  # then column by column, as compiled above
+            all_columns = compiler.expression(f"({together},)", f"{where}.columns")
+    mapper = RowMapper(name, columns, rows, all_columns)
     return WarehouseTarget(
         name,
         mapper,

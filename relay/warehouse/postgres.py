@@ -110,6 +110,7 @@ class PostgresWriter:
                     self._url,
                     min_size=1,
                     max_size=2,
+                    timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
                     command_timeout=self._timeout_s,
                 )
                 if self._create_sql is not None:
