@@ -111,9 +111,20 @@ class Ingest:
             log.error("source %s: event %s not stored: %s", source.name, event.id, exc)
             raise InboundError("relay cannot store the event right now; retry later", 503) from exc
         if result.duplicate:
-            return web.json_response({"id": event.id, "duplicate": True}, status=200)
+            return _answer(200, b'{"id": %s, "duplicate": true}' % _json_bytes(event.id))
         self._notify(targets)
-        return web.json_response({"id": event.id, "deliveries": result.deliveries}, status=202)
+        return _answer(
+            202, b'{"id": %s, "deliveries": %d}' % (_json_bytes(event.id), result.deliveries)
+        )
+
+
+def _json_bytes(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _answer(status: int, body: bytes) -> web.Response:
+    """A JSON answer built as bytes: json_response costs twice as much on the hot path."""
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

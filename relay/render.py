@@ -6,6 +6,7 @@ template that fails for this event would only fail again.
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import object_type_repr
 
 from relay.errors import RenderError
 from relay.filters import FILTERS
@@ -67,7 +69,14 @@ class TemplateCompiler:
             raise ValueError(f'"{filename}" line {exc.lineno}: {exc.message}') from exc
 
     def expression(self, source: str, name: str) -> Callable[[Mapping[str, Any]], Any]:
-        """A Jinja expression without braces, e.g. `event.payload.amount > 100`."""
+        """A Jinja expression without braces, e.g. `event.payload.amount > 100`.
+
+        A plain path such as `event.data.userId` is looked up directly, with the result and
+        the error Jinja would give: warehouse columns are mostly paths, evaluated per row.
+        """
+        path = plain_path(source)
+        if path is not None:
+            return _path_lookup(path, name)
         try:
             compiled = self.env.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
@@ -80,6 +89,42 @@ class TemplateCompiler:
                 raise RenderError(f"{name}: {exc}") from exc
 
         return evaluate
+
+
+_PATH = re.compile(r"\s*([A-Za-z]\w*(?:\.[A-Za-z]\w*)*)\s*")
+# A key with the name of an attribute of a value's type means that attribute to Jinja
+# (`x.items` is the dict method): such paths are left to Jinja.
+_ATTRIBUTES = frozenset(
+    name for kind in (dict, list, str, int, float, bool, type(None)) for name in dir(kind)
+)
+
+
+def plain_path(source: str) -> tuple[str, ...] | None:
+    match = _PATH.fullmatch(source)
+    if match is None:
+        return None
+    parts = tuple(match.group(1).split("."))
+    if any(part in _ATTRIBUTES for part in parts[1:]):
+        return None
+    return parts
+
+
+def _path_lookup(parts: tuple[str, ...], name: str) -> Callable[[Mapping[str, Any]], Any]:
+    first, rest = parts[0], parts[1:]
+
+    def lookup(context: Mapping[str, Any]) -> Any:
+        if first not in context:
+            raise RenderError(f"{name}: '{first}' is undefined")
+        value = context[first]
+        for part in rest:
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            else:
+                kind = object_type_repr(value)
+                raise RenderError(f"{name}: {kind} has no attribute '{part}'")
+        return value
+
+    return lookup
 
 
 def _line_of(exc: BaseException, template: jinja2.Template) -> str:

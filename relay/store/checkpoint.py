@@ -1,9 +1,11 @@
 """WAL checkpoints from a worker thread.
 
 SQLite's automatic checkpoint runs inside the commit that crosses the threshold, which here is
-on the event loop: every ~1,000 commits one ingest waited milliseconds while the WAL was copied
-and the database synced. Checkpointing from a thread, PASSIVE so it never waits for the writer,
-keeps that work off the loop; the loop's connection has auto-checkpoints turned off.
+on the event loop: every ~1,000 pages one ingest waited milliseconds while the WAL was copied
+and the database synced. A thread checkpointing often, PASSIVE so it never waits for the
+writer, does most of that copying off the loop. The loop's automatic checkpoint stays on: a
+passive checkpoint beside a steady writer never completes, and without one that does, the
+WAL would never restart and would grow without limit.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ log = logging.getLogger("relay.store")
 
 
 class Checkpointer:
-    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path, interval_s: float = 0.05) -> None:
         self._path = path
         self._interval_s = interval_s
         self._lock = threading.Lock()

@@ -77,6 +77,7 @@ def migrate(db: sqlite3.Connection) -> None:
         db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
 
 
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 
@@ -133,7 +134,10 @@ class SqliteStore:
             migrate(db)
             released = 0
             if daemon:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
+                # The Checkpointer's thread copies most of the WAL; the loop's own automatic
+                # checkpoint (kept) then finds little left and still lets the WAL restart,
+                # which a checkpoint beside a steady writer alone never completes.
+                db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
                 released = db.execute(
                     "UPDATE deliveries SET lease_until = 0"
                     " WHERE state = 'pending' AND lease_until > 0"
@@ -171,7 +175,8 @@ class SqliteStore:
         self._queue.append((op, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            # Two loop turns, not one: requests whose bodies arrive in the next turn join too.
+            loop.call_soon(loop.call_soon, self._flush)
         return future
 
     def _flush(self) -> None:

@@ -143,12 +143,7 @@ def build_warehouse_target(
             rows = compiler.expression(target.rows, f"{where}.rows")
         except ValueError as exc:
             problems.append(f"{where}.rows: {exc}")
-    all_columns = None
-    if len(columns) == len(target.columns):
-        together = ", ".join(f"({spec.value})" for spec in target.columns.values())
-        with contextlib.suppress(ValueError):  # then column by column, as compiled above
-            all_columns = compiler.expression(f"({together},)", f"{where}.columns")
-    mapper = RowMapper(name, columns, rows, all_columns)
+    mapper = RowMapper(name, columns, rows)
     return WarehouseTarget(
         name,
         mapper,

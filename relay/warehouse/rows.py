@@ -6,7 +6,6 @@ named, before anything reaches the database.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -38,15 +37,11 @@ class RowMapper:
         target_name: str,
         columns: Sequence[ColumnSpec],
         rows: Expression | None,
-        all_columns: Expression | None = None,
     ) -> None:
-        """`all_columns`, when given, evaluates every column's expression at once (a tuple):
-        one Jinja call per row instead of one per column, the costly part of mapping."""
         self.target_name = target_name
         self.columns = tuple(columns)
         self.names = tuple(c.name for c in columns)
         self._rows = rows
-        self._all_columns = all_columns
 
     def rows_for(self, event: Event) -> list[Row]:
         """One row, or one per item of the `rows` expression; RenderError names the column."""
@@ -59,13 +54,9 @@ class RowMapper:
         return [self._row({**context, "row": item}) for item in items]
 
     def _row(self, context: Mapping[str, Any]) -> Row:
-        raws: Sequence[Any] | None = None
-        if self._all_columns is not None:
-            with contextlib.suppress(RenderError):  # again column by column, to name it
-                raws = self._all_columns(context)
         values = []
-        for i, column in enumerate(self.columns):
-            raw = raws[i] if raws is not None else column.value(context)
+        for column in self.columns:
+            raw = column.value(context)
             try:
                 values.append(convert(raw, column.type))
             except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as exc:
