@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ HeaderSigner = Callable[[bytes, str, int], dict[str, str]]
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.digest(key, message, "sha256")  # the one-shot C path: half the cost of hmac.new
 
 
 def standard_webhooks_key(secret: str) -> bytes:

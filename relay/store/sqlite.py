@@ -258,6 +258,8 @@ class SqliteStore:
             )
             if cur.rowcount == 0:
                 return IngestResult(duplicate=True, deliveries=0)
+            if not targets:
+                return IngestResult(duplicate=False, deliveries=0)
             event_pk = cur.lastrowid
             cur.executemany(
                 "INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at)"

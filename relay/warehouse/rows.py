@@ -69,12 +69,21 @@ def convert(value: Any, column_type: str) -> Any:
     """The Python value the database driver takes for `column_type`; None stays NULL."""
     if value is None:
         return None
+    kind = type(value)
+    if kind is _NATIVE.get(column_type):  # already the column's type: the common case
+        if kind is str:
+            return _sendable(value)
+        return _bigint(value) if kind is int else value
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises, naming what is missing
     converted = _CONVERTERS[column_type](value)
-    if isinstance(converted, str) and not converted.isascii():
-        converted.encode()  # a lone surrogate (JSON "\ud800") cannot be sent: ValueError
-    return converted
+    return _sendable(converted) if isinstance(converted, str) else converted
+
+
+def _sendable(text: str) -> str:
+    if not text.isascii():
+        text.encode()  # a lone surrogate (JSON "\ud800") cannot be sent: ValueError
+    return text
 
 
 def _text(value: Any) -> str:
@@ -132,6 +141,7 @@ def _jsonb(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+_NATIVE: dict[str, type] = {"text": str, "bigint": int, "double": float, "boolean": bool}
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "text": _text,
     "bigint": _bigint,
