@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.events import Event
@@ -87,7 +88,7 @@ class Ingest:
         if source.verify is not None:
             source.verify(body, headers)
         try:
-            payload = json.loads(body)
+            payload = jsoncodec.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InboundError(f"body is not valid JSON: {exc}") from exc
         identity = source.read(source.name, payload, body, headers)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from relay import jsoncodec
 from relay.durations import parse_duration
 from relay.errors import StoreError
 from relay.events import Delivery, Event
@@ -238,7 +239,7 @@ class SqliteStore:
 
     async def ingest(self, event: Event, targets: Sequence[str]) -> IngestResult:
         now = self._clock()
-        headers = json.dumps(dict(event.headers), ensure_ascii=False)
+        headers = jsoncodec.dumps_compact(dict(event.headers))
 
         def insert(cur: sqlite3.Cursor) -> IngestResult:
             cur.execute(
@@ -412,7 +413,7 @@ def _event_from_row(row: Sequence[Any]) -> Event:
         type=event_type,
         received_at=received_at,
         body=body,
-        payload=json.loads(body),
+        payload=jsoncodec.loads(body),
         headers=json.loads(headers),
         data_key=data_key,
         created_at=created_at,
