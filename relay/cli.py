@@ -224,6 +224,7 @@ async def serve(config: Config) -> None:
         app[DISPATCHER].begin_shutdown(SHUTDOWN_GRACE_S)
     finally:
         await runner.cleanup()
+        gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)
     log.info("stopped")
 
 
