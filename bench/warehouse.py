@@ -59,7 +59,7 @@ from relay import config
 from relay.events import Delivered, Delivery, Event
 from relay.render import TemplateCompiler
 from relay.targets.warehouse import WarehouseTarget, build_warehouse_target
-from relay.warehouse.postgres import PostgresWriter
+from relay.warehouse.postgres import PG_TYPES, PostgresWriter
 from relay.warehouse.rows import Row, RowMapper
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -77,14 +77,6 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "escalated": ("event.data.escalated", "boolean"),
     "created_at": ("event.data.createdTimestamp", "timestamptz"),
     "detail": ("event.data.detail", "jsonb"),
-}
-PG_TYPES = {
-    "text": "text",
-    "bigint": "bigint",
-    "double": "double precision",
-    "boolean": "boolean",
-    "timestamptz": "timestamptz",
-    "jsonb": "jsonb",
 }
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from relay import preview
 from relay.events import Event
 from relay.filters import format_time, slack_escape
 from relay.render import TemplateCompiler
 from relay.samples import Sample, sample, samples
 from relay.send import serialise
-from relay.sources import READERS
 from relay.targets.base import template_context
 from relay.targets.slack import check_message
 
@@ -77,20 +77,7 @@ GENERIC_HEADERS = {
 
 def build_event(sender: str, payload: dict[str, Any]) -> Event:
     """The Event relay stores for this payload: the sender's bytes, read by its reader."""
-    body = serialise(sender, payload)
-    parsed = json.loads(body)
-    identity = READERS[sender](sender, parsed, body, {})
-    return Event(
-        source=sender,
-        id=identity.id,
-        type=identity.type,
-        received_at=RECEIVED_AT,
-        body=body,
-        payload=parsed,
-        headers={"content-type": "application/json"},
-        data_key=identity.data_key,
-        created_at=identity.created_at,
-    )
+    return preview.build_event(sender, sender, json.loads(serialise(sender, payload)), RECEIVED_AT)
 
 
 def render(template: str, event: Event) -> str:
