@@ -112,9 +112,10 @@ class WarehouseTarget:
             return Failed(str(exc))
         if not rows:
             return Delivered()
-        # Shielded: a shutdown cancelling this send lets the batch finish; the delivery comes
-        # back through its lease, and the key makes the second write a no-op.
-        return await asyncio.shield(self._batcher.add(rows))
+        # A shutdown cancelling this send cancels only this future: the batch is written by
+        # its own task; the delivery comes back through its lease and the key makes the
+        # second write a no-op.
+        return await self._batcher.add(rows)
 
     async def close(self) -> None:
         await self._batcher.close()
