@@ -316,7 +316,7 @@ async def test_rows_are_written_exactly_as_mapped_with_all_six_types(
     got = [(*row[:7], json.loads(row[7]) if row[7] is not None else None) for row in rows]
     assert got == [
         ("evt-1", "o-17", "true", 12345, 19.5, True, PAID_AT, detail),
-        ("evt-2", "o-18", '{"a": 1}', -9007199254740993, 2500.0, False, PAID_AT, array),
+        ("evt-2", "o-18", '{"a":1}', -9007199254740993, 2500.0, False, PAID_AT, array),
         ("evt-3", None, "7", None, None, None, None, None),
     ]  # fmt: skip
     # Exact types, not just equal values: True is not 1, 19.5 is a float, times are aware.

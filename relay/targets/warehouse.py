@@ -94,7 +94,7 @@ class WarehouseTarget:
         self.mapper = mapper
         self.policy = policy
         # Enough deliveries in flight to fill a batch; each waits for its batch's write.
-        self.concurrency = batch.max_rows
+        self.concurrency = 2 * batch.max_rows
         max_wait_s = batch.max_wait.total_seconds()
         self.lease_s = max_wait_s + 2 * timeout_s + 30.0
         self._writer = writer

@@ -6,7 +6,6 @@ named, before anything reaches the database.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 import jinja2
 
+from relay import jsoncodec
 from relay.errors import RenderError
 from relay.events import Event
 from relay.filters import parse_time
@@ -88,7 +88,7 @@ def _sendable(text: str) -> str:
 
 def _text(value: Any) -> str:
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
+        return jsoncodec.dumps_compact(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -138,7 +138,7 @@ def _timestamptz(value: Any) -> datetime:
 
 
 def _jsonb(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return jsoncodec.dumps_compact(value)
 
 
 _NATIVE: dict[str, type] = {"text": str, "bigint": int, "double": float, "boolean": bool}
