@@ -6,8 +6,6 @@ The top-level keys mirror the architecture: `sources` (inbound), `routes`, `targ
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -15,111 +13,33 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
     Field,
-    SecretStr,
-    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from relay.allowlist import parse_networks
-from relay.durations import EXAMPLES, parse_duration
+from relay.durations import parse_duration
+from relay.fields import (
+    Duration,
+    HeaderName,
+    Identifier,
+    Model,
+    Networks,
+    Secret,
+    Secrets,
+    WhsecSecret,
+    WhsecSecrets,
+    error,
+    table_name,
+)
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 TARGET_KINDS = ("http", "slack", "warehouse", "console")
 SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
 SQLITE_OPTIONS = {"synchronous": ("normal", "full"), "busy_timeout": None}
 
-# An HTTP header name is an RFC 9110 token.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ORIGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)(.*)$", re.DOTALL)
-
-
-def _error(kind: str, message: str) -> PydanticCustomError:
-    """A validation error whose text is used as is (no `{placeholder}` formatting)."""
-    return PydanticCustomError(kind, "{message}", {"message": message})
-
-
-def _to_duration(value: object) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise _error("duration", f"invalid duration {value}: add a unit (use e.g. {EXAMPLES})")
-    if not isinstance(value, str):
-        raise _error("duration", f"must be a duration such as 15s, got {yaml_kind(value)}")
-    try:
-        duration = parse_duration(value)
-    except ValueError as exc:
-        raise _error("duration", str(exc)) from None
-    if duration <= timedelta(0):
-        raise _error("duration", f'invalid duration "{value}": must be more than 0')
-    return duration
-
-
-def _secret_not_empty(secret: SecretStr) -> SecretStr:
-    if not secret.get_secret_value():
-        raise _error("secret", "must not be empty")
-    return secret
-
-
-def _header_name(name: str) -> str:
-    if not _HEADER_NAME.fullmatch(name):
-        raise _error("header", f'invalid header name "{name}": use letters, digits and "-"')
-    return name
-
-
-Duration = Annotated[timedelta, BeforeValidator(_to_duration)]
-Secret = Annotated[SecretStr, AfterValidator(_secret_not_empty)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _whsec(secret: SecretStr) -> SecretStr:
-    text = secret.get_secret_value()
-    if not text.startswith("whsec_"):
-        raise _error("secret", "must start with whsec_ (Standard Webhooks secret)")
-    try:
-        key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
-    except binascii.Error:
-        raise _error("secret", "must be whsec_ followed by base64") from None
-    if not key:
-        raise _error("secret", "must not be empty after whsec_")
-    return secret
-
-
-WhsecSecret = Annotated[SecretStr, AfterValidator(_whsec)]
-
-
-def _one_or_many(value: object) -> str:
-    return SECRET_LIST_TAG if isinstance(value, list) else SECRET_TAG
-
-
-# A list of secrets lets the receiving side rotate: any one of them verifies. The tags name
-# the two shapes in error locations, where loading drops them.
-SECRET_TAG, SECRET_LIST_TAG = "one secret", "list of secrets"
-Secrets = Annotated[
-    Annotated[Secret, Tag(SECRET_TAG)]
-    | Annotated[list[Secret], Field(min_length=1), Tag(SECRET_LIST_TAG)],
-    Discriminator(_one_or_many),
-]
-WhsecSecrets = Annotated[
-    Annotated[WhsecSecret, Tag(SECRET_TAG)]
-    | Annotated[list[WhsecSecret], Field(min_length=1), Tag(SECRET_LIST_TAG)],
-    Discriminator(_one_or_many),
-]
-
-
-def secret_values(secrets: SecretStr | list[SecretStr]) -> list[str]:
-    return [s.get_secret_value() for s in (secrets if isinstance(secrets, list) else [secrets])]
 
 
 class HmacVerify(Model):
@@ -162,17 +82,6 @@ VERIFY_SCHEMES = ("hmac-sha256", "flagright", "flagsmith", "flipt", "standard-we
 SENDERS = ("generic", "flagright", "flagsmith", "flipt", "standard-webhooks")
 
 
-def _networks(items: list[str]) -> list[str]:
-    try:
-        parse_networks(items)
-    except ValueError as exc:
-        raise _error("networks", str(exc)) from None
-    return items
-
-
-Networks = Annotated[list[str], AfterValidator(_networks)]
-
-
 class Source(Model):
     path: str
     verify: Verify | None = None
@@ -192,18 +101,18 @@ class Source(Model):
     def _sender_matches_verify(self) -> Source:
         scheme = self.verify.scheme if self.verify is not None else None
         if self.sender is not None and scheme not in (None, "hmac-sha256", self.sender):
-            raise _error("sender", f"sender {self.sender} does not match verify.scheme {scheme}")
+            raise error("sender", f"sender {self.sender} does not match verify.scheme {scheme}")
         return self
 
     @field_validator("path")
     @classmethod
     def _absolute_path(cls, path: str) -> str:
         if not path.startswith("/"):
-            raise _error("path", f'path must start with "/", got "{path}"')
+            raise error("path", f'path must start with "/", got "{path}"')
         if re.search(r"[\s?#{}]", path):
-            raise _error("path", f'path "{path}" must not contain spaces, "?", "#", "{{" or "}}"')
+            raise error("path", f'path "{path}" must not contain spaces, "?", "#", "{{" or "}}"')
         if path in RESERVED_PATHS:
-            raise _error("path", f'"{path}" is reserved by relay')
+            raise error("path", f'"{path}" is reserved by relay')
         return path
 
 
@@ -236,7 +145,7 @@ class _BodyMixin(Model):
     @model_validator(mode="after")
     def _one_body_source(self) -> _BodyMixin:
         if self.body is not None and self.template is not None:
-            raise _error("body", "set body or template, not both")
+            raise error("body", "set body or template, not both")
         return self
 
 
@@ -261,7 +170,7 @@ class HttpTarget(_BodyMixin):
     @classmethod
     def _upper(cls, method: str) -> str:
         if not re.fullmatch(r"[A-Za-z]+", method):
-            raise _error("method", f'invalid HTTP method "{method}"')
+            raise error("method", f'invalid HTTP method "{method}"')
         return method.upper()
 
 
@@ -279,13 +188,13 @@ class SlackTarget(_BodyMixin):
     def _fixed_url(cls, url: str) -> str:
         check_url_origin(url)
         if "{{" in url or "{%" in url:
-            raise _error("url", "a Slack webhook url cannot contain template expressions")
+            raise error("url", "a Slack webhook url cannot contain template expressions")
         return url
 
     @model_validator(mode="after")
     def _needs_a_message(self) -> SlackTarget:
         if self.body is None and self.template is None:
-            raise _error("template", "a Slack target needs a template (or body) for the message")
+            raise error("template", "a Slack target needs a template (or body) for the message")
         return self
 
 
@@ -294,25 +203,7 @@ class ConsoleTarget(_BodyMixin):
     retry: Retry = Retry()
 
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 COLUMN_TYPES = ("text", "bigint", "double", "boolean", "timestamptz", "jsonb")
-
-
-def _identifier(name: str) -> str:
-    if not _IDENTIFIER.fullmatch(name):
-        raise _error("identifier", f'"{name}" is not a plain SQL name (letters, digits, "_")')
-    return name
-
-
-def _table_name(name: str) -> str:
-    for part in name.split("."):
-        _identifier(part)
-    if name.count(".") > 1:
-        raise _error("table", f'"{name}" must be TABLE or SCHEMA.TABLE')
-    return name
-
-
-Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 class Column(Model):
@@ -330,7 +221,7 @@ class WarehouseTarget(Model):
 
     kind: Literal["warehouse"]
     url: str
-    table: Annotated[str, AfterValidator(_table_name)]
+    table: Annotated[str, AfterValidator(table_name)]
     columns: dict[Identifier, Column] = Field(min_length=1)
     rows: str | None = None  # a Jinja expression giving a list: one row per item
     key: list[Identifier] = Field(min_length=1)
@@ -344,11 +235,11 @@ class WarehouseTarget(Model):
     def _warehouse_url(cls, url: str) -> str:
         if url.startswith("duckdb:///"):
             if not url.removeprefix("duckdb:///"):
-                raise _error("url", "duckdb:/// needs a file path")
+                raise error("url", "duckdb:/// needs a file path")
             return url
         if not url.startswith(("postgresql://", "postgres://")):
             scheme = url.split("://", 1)[0] if "://" in url else "(none)"
-            raise _error(
+            raise error(
                 "url", f'unsupported scheme "{scheme}": use postgresql://... or duckdb:///PATH'
             )
         return url
@@ -357,7 +248,7 @@ class WarehouseTarget(Model):
     def _key_in_columns(self) -> WarehouseTarget:
         missing = [name for name in self.key if name not in self.columns]
         if missing:
-            raise _error("key", f"key column(s) not in columns: {', '.join(missing)}")
+            raise error("key", f"key column(s) not in columns: {', '.join(missing)}")
         return self
 
 
@@ -377,14 +268,14 @@ class Route(Model):
     def _not_empty(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if value is not None and not value:
             what = str(info.field_name).removesuffix("s")
-            raise _error("empty", f"must not be empty (leave it out to match every {what})")
+            raise error("empty", f"must not be empty (leave it out to match every {what})")
         return value
 
     @field_validator("targets")
     @classmethod
     def _some_target(cls, value: list[str]) -> list[str]:
         if not value:
-            raise _error("empty", "must name at least one target")
+            raise error("empty", "must name at least one target")
         return value
 
 
@@ -424,16 +315,16 @@ def check_url_origin(url: str) -> None:
     """Scheme and host are fixed; only the path and query may hold template expressions."""
     origin, rest = split_url(url)
     if "{{" in origin or "{%" in origin:
-        raise _error(
+        raise error(
             "url", "only the path and query may contain template expressions, not scheme or host"
         )
     parts = urlsplit(origin)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise _error("url", f'url must be http(s)://HOST/..., got "{_url_preview(origin, rest)}"')
+        raise error("url", f'url must be http(s)://HOST/..., got "{_url_preview(origin, rest)}"')
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:
-        raise _error("url", f'invalid port in "{_url_preview(origin, rest)}"') from None
+        raise error("url", f'invalid port in "{_url_preview(origin, rest)}"') from None
 
 
 def _url_preview(origin: str, rest: str) -> str:
@@ -451,7 +342,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     ok = sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536
     if not ok:
-        raise _error("listen", f'listen must be "HOST:PORT", got "{listen}"')
+        raise error("listen", f'listen must be "HOST:PORT", got "{listen}"')
     return host.strip("[]"), int(port)
 
 
@@ -459,13 +350,13 @@ def check_store(store: str) -> None:
     """Only the embedded SQLite store exists; its query options are checked here, not at start."""
     scheme, sep, _ = store.partition("://")
     if not sep:
-        raise _error("store", f'store must be a URL such as sqlite:///var/relay.db, got "{store}"')
+        raise error("store", f'store must be a URL such as sqlite:///var/relay.db, got "{store}"')
     if not store.startswith("sqlite:///"):
         # Only the scheme is quoted: a database URL may carry a password.
-        raise _error("store", f'unsupported store "{scheme}://...": use sqlite:///PATH')
+        raise error("store", f'unsupported store "{scheme}://...": use sqlite:///PATH')
     file_part, _, query = store.removeprefix("sqlite:///").partition("?")
     if not file_part:
-        raise _error("store", "sqlite:/// needs a file path, e.g. sqlite:///var/relay.db")
+        raise error("store", "sqlite:/// needs a file path, e.g. sqlite:///var/relay.db")
     wrong: list[str] = []
     for name, value in parse_qsl(query, keep_blank_values=True):
         allowed = SQLITE_OPTIONS.get(name, ())
@@ -479,22 +370,4 @@ def check_store(store: str) -> None:
             except ValueError as exc:
                 wrong.append(f"busy_timeout: {exc}")
     if wrong:
-        raise _error("store", "; ".join(wrong))
-
-
-def yaml_key(key: object) -> str:
-    """A mapping key as the operator wrote it."""
-    if key is None:
-        return "null"
-    if isinstance(key, bool):
-        return str(key).lower()
-    return str(key)
-
-
-def yaml_kind(value: object) -> str:
-    """What YAML produced, by type only (never the value, which may be a secret)."""
-    if value is None or isinstance(value, bool):
-        return yaml_key(value)
-    names = [(int, "an integer"), (float, "a number"), (str, "a string")]
-    names += [(list, "a list"), (dict, "a mapping")]
-    return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
+        raise error("store", "; ".join(wrong))

@@ -21,8 +21,6 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from relay.config import (
-    SECRET_LIST_TAG,
-    SECRET_TAG,
     SIGN_SCHEMES,
     TARGET_KINDS,
     VERIFY_SCHEMES,
@@ -30,11 +28,10 @@ from relay.config import (
     Target,
     WarehouseTarget,
     split_url,
-    yaml_key,
-    yaml_kind,
 )
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
+from relay.fields import SECRET_LIST_TAG, SECRET_TAG, yaml_key, yaml_kind
 from relay.render import TemplateCompiler
 
 Loc = tuple[str | int, ...]

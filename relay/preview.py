@@ -12,6 +12,7 @@ from typing import Any
 from relay import config, samples
 from relay.errors import RenderError
 from relay.events import Delivery, Event
+from relay.fields import secret_values
 from relay.router import CompiledRoute
 from relay.send import serialise
 from relay.sources import READERS
@@ -66,7 +67,7 @@ def config_secrets(cfg: config.Config) -> list[str]:
     found: list[str] = []
     for source in cfg.sources.values():
         if source.verify is not None:
-            found += config.secret_values(source.verify.secret)
+            found += secret_values(source.verify.secret)
     for target in cfg.targets.values():
         sign = getattr(target, "sign", None)
         if sign is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from relay import config
+from relay.fields import secret_values
 from relay.signing import hmac_sha256, standard_webhooks_key, standard_webhooks_signature
 from relay.sources import flagright, flagsmith, flipt
 
@@ -57,7 +58,7 @@ def sign_request(source: config.Source, payload: Any, now: Callable[[], float]) 
     verify = source.verify
     if verify is None:
         return SignedRequest(body, headers)
-    secret = config.secret_values(verify.secret)[0]
+    secret = secret_values(verify.secret)[0]
     if isinstance(verify, config.StandardWebhooksVerify):
         msg_id = f"msg_{uuid.uuid4().hex}"
         timestamp = int(now())

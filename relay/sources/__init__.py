@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relay import config
+from relay.fields import secret_values
 from relay.signing import standard_webhooks_key
 from relay.sources import flagright, flagsmith, flipt, standard_webhooks
 from relay.sources.base import Reader, Verifier, read_generic
@@ -23,7 +24,7 @@ READERS: dict[str, Reader] = {
 
 
 def build_verifier(verify: config.Verify, clock: Callable[[], float]) -> Verifier:
-    secrets = config.secret_values(verify.secret)
+    secrets = secret_values(verify.secret)
     keys = [secret.encode() for secret in secrets]
     if isinstance(verify, config.HmacVerify):
         return build_hmac_verifier(keys, verify.header, verify.encoding, verify.prefix)
