@@ -78,8 +78,6 @@ Verify = Annotated[
     Field(discriminator="scheme"),
 ]
 VERIFY_SCHEMES = ("hmac-sha256", "flagright", "flagsmith", "flipt", "standard-webhooks")
-# How a source's events are read; by default as its verify scheme says (generic without one).
-SENDERS = ("generic", "flagright", "flagsmith", "flipt", "standard-webhooks")
 
 
 class Source(Model):
@@ -201,9 +199,6 @@ class SlackTarget(_BodyMixin):
 class ConsoleTarget(_BodyMixin):
     kind: Literal["console"]
     retry: Retry = Retry()
-
-
-COLUMN_TYPES = ("text", "bigint", "double", "boolean", "timestamptz", "jsonb")
 
 
 class Column(Model):

@@ -16,7 +16,6 @@ from aiohttp import web
 from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
-from relay.events import Event
 from relay.metrics import Metrics
 from relay.router import Router
 from relay.sources.base import Reader, Verifier
@@ -92,17 +91,7 @@ class Ingest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InboundError(f"body is not valid JSON: {exc}") from exc
         identity = source.read(source.name, payload, body, headers)
-        event = Event(
-            source=source.name,
-            id=identity.id,
-            type=identity.type,
-            received_at=self._clock(),
-            body=body,
-            payload=payload,
-            headers=headers,
-            data_key=identity.data_key,
-            created_at=identity.created_at,
-        )
+        event = identity.to_event(source.name, self._clock(), body, payload, headers)
         targets = self._router.targets_for(
             source.name, event.id, event.type, lambda: {"event": event.template_context()}
         )

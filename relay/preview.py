@@ -29,17 +29,7 @@ def build_event(source_name: str, sender: str, payload: Any, now: float) -> Even
     if sender == "standard-webhooks":
         headers |= {"webhook-id": "msg_preview", "webhook-timestamp": str(int(now))}
     identity = READERS[sender](source_name, payload, body, headers)
-    return Event(
-        source=source_name,
-        id=identity.id,
-        type=identity.type,
-        received_at=now,
-        body=body,
-        payload=payload,
-        headers=headers,
-        data_key=identity.data_key,
-        created_at=identity.created_at,
-    )
+    return identity.to_event(source_name, now, body, payload, headers)
 
 
 def preview(target: Target, event: Event, now: float) -> OutboundRequest:

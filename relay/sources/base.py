@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.events import Event
+
 
 @dataclass(frozen=True, slots=True)
 class EventIdentity:
@@ -14,6 +16,26 @@ class EventIdentity:
     type: str
     data_key: str | None  # the payload key holding the sender's data, None for the whole payload
     created_at: float | None = None  # when the sender says the event happened (epoch seconds)
+
+    def to_event(
+        self,
+        source: str,
+        received_at: float,
+        body: bytes,
+        payload: Any,
+        headers: Mapping[str, str],
+    ) -> Event:
+        return Event(
+            source=source,
+            id=self.id,
+            type=self.type,
+            received_at=received_at,
+            body=body,
+            payload=payload,
+            headers=headers,
+            data_key=self.data_key,
+            created_at=self.created_at,
+        )
 
 
 class Verifier(Protocol):
