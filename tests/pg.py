@@ -171,7 +171,7 @@ class _Link:
     """One proxied connection's state."""
 
     def __init__(self) -> None:
-        self.drop_answer = False  # set when this link's COMMIT must lose its answer
+        self.drop_answer = False  # set when this link's write must lose its answer
 
 
 class TcpProxy:
@@ -180,19 +180,20 @@ class TcpProxy:
     `cut()` closes the listener and aborts every connection (the database is gone: new
     connections are refused); `restore()` listens on the same port again.
     `stall()` moves no byte until `resume()` (a partition: packets dropped, nothing refused).
-    `drop_commit_answers(n)`: the next n connections that send COMMIT have it forwarded, and
-    are aborted when the server answers, i.e. after the commit took effect and before relay
-    hears of it: the "crash between the database's commit and relay's record" window.
+    `drop_answers_to(marker)`: the next client message holding `marker` (bytes of the rows, say)
+    is forwarded and its connection aborted when the server answers, i.e. after the statement
+    committed and before relay hears of it: the "crash between the database's commit and
+    relay's record" window.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
         self.connections = 0  # accepted so far
-        self.dropped_answers = 0  # COMMIT answers swallowed so far
+        self.dropped_answers = 0  # answers swallowed so far
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._drop_commits = 0
+        self._drop_marker = b""
         self._cut_on_drop = False
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -209,10 +210,10 @@ class TcpProxy:
             self._cutting = None
         await self.start()
 
-    def drop_commit_answers(self, count: int, *, then_cut: bool = False) -> None:
-        """Swallow the answer to the next `count` COMMITs; with `then_cut`, also `cut()` at
-        once each time, before relay notices, so its retries fail until `restore()`."""
-        self._drop_commits = count
+    def drop_answers_to(self, marker: bytes, *, then_cut: bool = False) -> None:
+        """Swallow the answer to the next message that holds `marker`; with `then_cut`, also
+        `cut()` at once, before relay notices, so its retries fail until `restore()`."""
+        self._drop_marker = marker
         self._cut_on_drop = then_cut
 
     def stall(self) -> None:
@@ -277,8 +278,8 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 await self._flowing.wait()
-                if towards_server and self._drop_commits and b"COMMIT;" in data:
-                    self._drop_commits -= 1
+                if towards_server and self._drop_marker and self._drop_marker in data:
+                    self._drop_marker = b""
                     link.drop_answer = True
                 elif not towards_server and link.drop_answer:
                     self.dropped_answers += 1
@@ -286,6 +287,6 @@ class TcpProxy:
                         # Stop listening now, before relay (same loop) sees the loss.
                         self._server.close()
                         self._cutting = asyncio.create_task(self.cut())
-                    return  # the commit is done; relay never hears of it
+                    return  # the write is committed; relay never hears of it
                 writer.write(data)
                 await writer.drain()

@@ -3,9 +3,9 @@ there is none) and DuckDB files in tmp_path.
 
 Events go in through a running relay (real sockets), the test waits for the deliveries to be
 delivered or dead, then reads the database directly. Faults are real too: a TCP proxy that is
-cut, stalls, or swallows the answer to a COMMIT; backends ended with pg_terminate_backend; a
-DuckDB file held open by another process. Nothing here waits on a sleep: every wait polls a
-condition with a deadline.
+cut, stalls, or swallows the answer to a batch that committed; backends ended with
+pg_terminate_backend; a DuckDB file held open by another process. Nothing here waits on a
+sleep: every wait polls a condition with a deadline.
 """
 
 from __future__ import annotations
@@ -634,8 +634,8 @@ async def test_a_commit_whose_answer_is_lost_is_retried_as_a_no_op(
             batch={"max_rows": 5, "max_wait": "10s"},  # exactly one batch of the five
         ),
     )
-    proxy.drop_commit_answers(1, then_cut=True)
     ids = {f"c-{i}" for i in range(5)}
+    proxy.drop_answers_to(b"c-4", then_cut=True)  # the batch statement: it carries the rows
     await post_all(relay, "/hooks/app", [{"id": e, "data": {"n": 1}} for e in sorted(ids)])
     await wait_for(
         relay,

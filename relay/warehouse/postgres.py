@@ -1,17 +1,20 @@
 """PostgreSQL (and what speaks its protocol) through asyncpg.
 
-A batch is copied (binary COPY) into a per-connection staging table and moved into the target
-with `INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING`, in one transaction. When the batch
-fails for its data, each delivery is written alone, so only the bad ones fail.
+A batch is one statement, `INSERT ... SELECT * FROM unnest($1::type[], ...) ON CONFLICT (key)
+DO NOTHING`, with one array per column: a single round trip that PostgreSQL runs as one
+transaction, so the next batch can be mapped while this one is written. The arrays are cast to
+the table's own column types, read once per connection, so a column may be `uuid` or
+`varchar(64)` where the config says `text`. When the batch fails for its data, each delivery
+is written alone, so only the bad ones fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from relay.warehouse.base import WarehouseUnavailable, create_table_sql, quote
 from relay.warehouse.rows import Row
@@ -27,8 +30,10 @@ PG_TYPES = {
 # SQLSTATE classes that say "not now" rather than "never": connection exception, insufficient
 # resources, operator intervention (shutdown, restart), transaction rollback (deadlock).
 TRANSIENT_CLASSES = frozenset({"08", "53", "57", "40"})
-STAGE = "relay_stage"
-Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+class SchemaProblem(Exception):
+    """The table cannot take these columns (missing, or of a type no array can carry)."""
 
 
 class PostgresWriter:
@@ -46,38 +51,35 @@ class PostgresWriter:
         self._columns = [name for name, _ in columns]
         self._create_sql = create_table_sql(table, columns, key, PG_TYPES) if create_table else None
         self._timeout_s = timeout_s
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
-        names = ", ".join(quote(c) for c in self._columns)
-        keys = ", ".join(quote(k) for k in key)
-        # The configured columns' types only: no NOT NULL or defaults copied, so a constraint
-        # fails in the INSERT and its message names the target table, not the staging one.
-        self._stage_sql = (
-            f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS"
-            f" AS SELECT {names} FROM {quote(table)} WITH NO DATA"
-        )
-        self._move_sql = (
-            f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM {STAGE}"
-            f" ON CONFLICT ({keys}) DO NOTHING"
-        )
+        self._names = ", ".join(quote(c) for c in self._columns)
+        self._keys = ", ".join(quote(k) for k in key)
+        self._conn: asyncpg.Connection | None = None
+        self._insert_sql: str | None = None  # built from the table's column types
+        self._lock = asyncio.Lock()  # one statement at a time on the one connection
 
     async def write(self, batch: Sequence[Sequence[Row]]) -> list[str | None]:
-        try:
-            pool = await self._connect()
-            async with pool.acquire(timeout=self._timeout_s) as conn:
-                return await self._write_batch(conn, batch)
-        except asyncpg.PostgresError as exc:
-            raise WarehouseUnavailable(f"PostgreSQL: {_message(exc)}") from exc
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise WarehouseUnavailable(
-                f"PostgreSQL unreachable: {str(exc) or type(exc).__name__}"
-            ) from exc
+        async with self._lock:
+            try:
+                conn = await self._connect()
+                try:
+                    insert_sql = await self._insert_statement(conn)
+                except SchemaProblem as exc:
+                    return [str(exc)] * len(batch)  # every delivery, not retried
+                return await self._write_batch(conn, insert_sql, batch)
+            except asyncpg.PostgresError as exc:
+                await self._disconnect()
+                raise WarehouseUnavailable(f"PostgreSQL: {_message(exc)}") from exc
+            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+                await self._disconnect()
+                raise WarehouseUnavailable(
+                    f"PostgreSQL unreachable: {str(exc) or type(exc).__name__}"
+                ) from exc
 
     async def _write_batch(
-        self, conn: Connection, batch: Sequence[Sequence[Row]]
+        self, conn: asyncpg.Connection, insert_sql: str, batch: Sequence[Sequence[Row]]
     ) -> list[str | None]:
         try:
-            await self._write_rows(conn, [row for rows in batch for row in rows])
+            await self._insert(conn, insert_sql, [row for rows in batch for row in rows])
             return [None] * len(batch)
         except asyncpg.PostgresError as exc:
             if _transient(exc):
@@ -87,7 +89,7 @@ class PostgresWriter:
         results: list[str | None] = []
         for rows in batch:  # isolate the deliveries whose rows can never go in
             try:
-                await self._write_rows(conn, rows)
+                await self._insert(conn, insert_sql, rows)
                 results.append(None)
             except asyncpg.PostgresError as exc:
                 if _transient(exc):
@@ -95,37 +97,65 @@ class PostgresWriter:
                 results.append(_message(exc))
         return results
 
-    async def _write_rows(self, conn: Connection, rows: Sequence[Row]) -> None:
-        async with conn.transaction():
-            await conn.execute(self._stage_sql)
-            await conn.copy_records_to_table(
-                STAGE, records=rows, columns=self._columns, timeout=self._timeout_s
-            )
-            await conn.execute(self._move_sql, timeout=self._timeout_s)
+    async def _insert(self, conn: asyncpg.Connection, insert_sql: str, rows: Sequence[Row]) -> None:
+        if rows:
+            await conn.execute(insert_sql, *zip(*rows, strict=True), timeout=self._timeout_s)
 
-    async def _connect(self) -> asyncpg.Pool:
-        async with self._lock:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self._url,
-                    min_size=1,
-                    max_size=2,
-                    timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
-                    command_timeout=self._timeout_s,
+    async def _insert_statement(self, conn: asyncpg.Connection) -> str:
+        """The batch INSERT, cast to the table's column types (read once per connection)."""
+        if self._insert_sql is not None:
+            return self._insert_sql
+        try:
+            if self._create_sql is not None:
+                await conn.execute(self._create_sql, timeout=self._timeout_s)
+            probe = await conn.prepare(
+                f"SELECT {self._names} FROM {quote(self._table)} LIMIT 0", timeout=self._timeout_s
+            )
+        except asyncpg.PostgresError as exc:
+            if _transient(exc):
+                raise
+            raise SchemaProblem(_message(exc)) from exc
+        casts = []
+        for number, attribute in enumerate(probe.get_attributes(), start=1):
+            column_type = attribute.type
+            if column_type.kind == "array":
+                raise SchemaProblem(
+                    f'column "{attribute.name}" of relation "{self._table}" is an array'
+                    f" ({column_type.name}); warehouse columns take one value each"
                 )
-                if self._create_sql is not None:
-                    try:
-                        await pool.execute(self._create_sql)
-                    except BaseException:
-                        await pool.close()
-                        raise
-                self._pool = pool
-            return self._pool
+            casts.append(f"${number}::{quote(column_type.schema)}.{quote(column_type.name)}[]")
+        self._insert_sql = (
+            f"INSERT INTO {quote(self._table)} ({self._names})"
+            f" SELECT * FROM unnest({', '.join(casts)})"
+            f" ON CONFLICT ({self._keys}) DO NOTHING"
+        )
+        return self._insert_sql
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._insert_sql = None  # the table may have changed while we were away
+            self._conn = await asyncpg.connect(
+                self._url,
+                timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
+                command_timeout=self._timeout_s,
+            )
+        return self._conn
+
+    async def _disconnect(self) -> None:
+        """After any failure: the next batch starts on a fresh connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()  # no goodbye round trip to a server that may not answer
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        if self._lock.locked():  # a write still running (it was given its time): end it
+            conn.terminate()
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), self._timeout_s)
 
 
 def _transient(exc: asyncpg.PostgresError) -> bool:
