@@ -222,8 +222,17 @@ class WarehouseTarget(Model):
     key: list[Identifier] = Field(min_length=1)
     create_table: bool = False
     batch: Batch = Batch()
+    # Batches written at once, each on its own connection: PostgreSQL 2 by default (one
+    # being written while the server commits another), DuckDB always 1 (one writer per file).
+    concurrency: int | None = Field(default=None, ge=1, le=16)
     timeout: Duration = timedelta(seconds=30)
     retry: Retry = Retry()
+
+    @property
+    def batches_at_once(self) -> int:
+        if self.concurrency is not None:
+            return self.concurrency
+        return 1 if self.url.startswith("duckdb:///") else 2
 
     @field_validator("url")
     @classmethod
@@ -244,6 +253,12 @@ class WarehouseTarget(Model):
         missing = [name for name in self.key if name not in self.columns]
         if missing:
             raise error("key", f"key column(s) not in columns: {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_duckdb_writer(self) -> WarehouseTarget:
+        if self.url.startswith("duckdb:///") and self.batches_at_once > 1:
+            raise error("concurrency", "DuckDB writes one batch at a time: leave it out or set 1")
         return self
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -33,20 +34,24 @@ class Event:
         return self.payload
 
     def template_context(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "source": self.source,
-            "received_at": _iso(self.received_at),
-            "created_at": _iso(self.created_at) if self.created_at is not None else None,
-            "payload": self.payload,
-            "data": self.data,
-            "headers": dict(self.headers),
-        }
+        return {name: read(self) for name, read in TEMPLATE_FIELDS.items()}
 
 
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
+def _iso(epoch_s: float | None) -> str | None:
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC).isoformat()
+
+
+# What templates see as `event`, field by field (the warehouse mapper reads single fields).
+TEMPLATE_FIELDS: dict[str, Callable[[Event], Any]] = {
+    "id": attrgetter("id"),
+    "type": attrgetter("type"),
+    "source": attrgetter("source"),
+    "received_at": lambda event: _iso(event.received_at),
+    "created_at": lambda event: _iso(event.created_at),
+    "payload": attrgetter("payload"),
+    "data": attrgetter("data"),
+    "headers": lambda event: dict(event.headers),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 Each delivery's rows join the current batch and the delivery waits for the batch's outcome.
 A batch is written when it holds `max_rows` rows or `max_wait` after its first row, whichever
-comes first, one batch at a time. The store keeps the deliveries pending meanwhile, so a crash
-loses nothing, and the key makes the redelivery a no-op.
+comes first; the writer takes `concurrency` batches at once and queues the rest. The store
+keeps the deliveries pending meanwhile, so a crash loses nothing, and the key makes the
+redelivery a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from relay import config
 from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry
-from relay.render import TemplateCompiler
+from relay.render import TemplateCompiler, plain_path
 from relay.retry import RetryPolicy
 from relay.targets.base import OutboundRequest
 from relay.warehouse.base import WarehouseUnavailable, Writer
@@ -35,7 +36,6 @@ class Batcher:
         self._pending: list[Pending] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._writing = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, rows: Sequence[Row]) -> asyncio.Future[Outcome]:
@@ -60,16 +60,15 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _write(self, batch: list[Pending]) -> None:
-        async with self._writing:
-            try:
-                results = await self._writer.write([rows for rows, _ in batch])
-                outcomes: list[Outcome] = [
-                    Delivered() if error is None else Failed(error) for error in results
-                ]
-            except WarehouseUnavailable as exc:
-                outcomes = [Retry(str(exc))] * len(batch)
-            except Exception as exc:  # a bug must not leave deliveries waiting forever
-                outcomes = [Retry(f"internal error: {exc!r}")] * len(batch)
+        try:
+            results = await self._writer.write([rows for rows, _ in batch])
+            outcomes: list[Outcome] = [
+                Delivered() if error is None else Failed(error) for error in results
+            ]
+        except WarehouseUnavailable as exc:
+            outcomes = [Retry(str(exc))] * len(batch)
+        except Exception as exc:  # a bug must not leave deliveries waiting forever
+            outcomes = [Retry(f"internal error: {exc!r}")] * len(batch)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
@@ -87,14 +86,15 @@ class WarehouseTarget:
         mapper: RowMapper,
         writer: Writer,
         batch: config.Batch,
+        batches_at_once: int,
         timeout_s: float,
         policy: RetryPolicy,
     ) -> None:
         self.name = name
         self.mapper = mapper
         self.policy = policy
-        # Enough deliveries in flight to fill a batch; each waits for its batch's write.
-        self.concurrency = 2 * batch.max_rows
+        # Deliveries in flight: a batch for each write at once, and one more filling meanwhile.
+        self.concurrency = (batches_at_once + 1) * batch.max_rows
         max_wait_s = batch.max_wait.total_seconds()
         self.lease_s = max_wait_s + 2 * timeout_s + 30.0
         self._writer = writer
@@ -137,19 +137,21 @@ def build_warehouse_target(
         except ValueError as exc:
             problems.append(f"{where}.columns.{column}.value: {exc}")
             continue
-        columns.append(ColumnSpec(column, spec.type, value))
+        columns.append(ColumnSpec(column, spec.type, value, plain_path(spec.value)))
     rows = None
     if target.rows is not None:
         try:
             rows = compiler.expression(target.rows, f"{where}.rows")
         except ValueError as exc:
             problems.append(f"{where}.rows: {exc}")
-    mapper = RowMapper(name, columns, rows)
+    rows_path = None if target.rows is None else plain_path(target.rows)
+    mapper = RowMapper(name, columns, rows, rows_path)
     return WarehouseTarget(
         name,
         mapper,
         open_writer(target),
         target.batch,
+        target.batches_at_once,
         target.timeout.total_seconds(),
         RetryPolicy.from_config(target.retry),
     )
@@ -168,4 +170,5 @@ def open_writer(target: config.WarehouseTarget) -> Writer:
         target.key,
         target.create_table,
         target.timeout.total_seconds(),
+        target.batches_at_once,
     )

@@ -45,6 +45,7 @@ class PostgresWriter:
         key: Sequence[str],
         create_table: bool,
         timeout_s: float,
+        concurrency: int = 1,
     ) -> None:
         self._url = url
         self._table = table
@@ -53,27 +54,38 @@ class PostgresWriter:
         self._timeout_s = timeout_s
         self._names = ", ".join(quote(c) for c in self._columns)
         self._keys = ", ".join(quote(k) for k in key)
-        self._conn: asyncpg.Connection | None = None
+        # One connection per batch written at once; None until first used or after a failure.
+        self._idle: list[asyncpg.Connection | None] = [None] * concurrency
+        self._busy: set[asyncpg.Connection] = set()
+        self._slots = asyncio.Semaphore(concurrency)
         self._insert_sql: str | None = None  # built from the table's column types
-        self._lock = asyncio.Lock()  # one statement at a time on the one connection
+        self._preparing = asyncio.Lock()  # one connection reads the table (and creates it)
 
     async def write(self, batch: Sequence[Sequence[Row]]) -> list[str | None]:
-        async with self._lock:
+        async with self._slots:
+            held = self._idle.pop()
             try:
-                conn = await self._connect()
+                conn = held = await self._connect(held)
+                self._busy.add(conn)
                 try:
                     insert_sql = await self._insert_statement(conn)
                 except SchemaProblem as exc:
                     return [str(exc)] * len(batch)  # every delivery, not retried
                 return await self._write_batch(conn, insert_sql, batch)
             except asyncpg.PostgresError as exc:
-                await self._disconnect()
+                self._drop(held)
+                held = None
                 raise WarehouseUnavailable(f"PostgreSQL: {_message(exc)}") from exc
             except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-                await self._disconnect()
+                self._drop(held)
+                held = None
                 raise WarehouseUnavailable(
                     f"PostgreSQL unreachable: {str(exc) or type(exc).__name__}"
                 ) from exc
+            finally:
+                if held is not None:
+                    self._busy.discard(held)
+                self._idle.append(held)
 
     async def _write_batch(
         self, conn: asyncpg.Connection, insert_sql: str, batch: Sequence[Sequence[Row]]
@@ -102,15 +114,21 @@ class PostgresWriter:
             await conn.execute(insert_sql, *zip(*rows, strict=True), timeout=self._timeout_s)
 
     async def _insert_statement(self, conn: asyncpg.Connection) -> str:
-        """The batch INSERT, cast to the table's column types (read once per connection)."""
-        if self._insert_sql is not None:
+        """The batch INSERT, cast to the table's column types (read again after a failure)."""
+        async with self._preparing:
+            if self._insert_sql is None:
+                self._insert_sql = await self._read_table(conn)
             return self._insert_sql
+
+    async def _read_table(self, conn: asyncpg.Connection) -> str:
         try:
             if self._create_sql is not None:
                 await conn.execute(self._create_sql, timeout=self._timeout_s)
             probe = await conn.prepare(
                 f"SELECT {self._names} FROM {quote(self._table)} LIMIT 0", timeout=self._timeout_s
             )
+        except asyncpg.UniqueViolationError:
+            raise  # another replica created the table at the same moment: try again
         except asyncpg.PostgresError as exc:
             if _transient(exc):
                 raise
@@ -124,38 +142,38 @@ class PostgresWriter:
                     f" ({column_type.name}); warehouse columns take one value each"
                 )
             casts.append(f"${number}::{quote(column_type.schema)}.{quote(column_type.name)}[]")
-        self._insert_sql = (
+        return (
             f"INSERT INTO {quote(self._table)} ({self._names})"
             f" SELECT * FROM unnest({', '.join(casts)})"
             f" ON CONFLICT ({self._keys}) DO NOTHING"
         )
-        return self._insert_sql
 
-    async def _connect(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._insert_sql = None  # the table may have changed while we were away
-            self._conn = await asyncpg.connect(
-                self._url,
-                timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
-                command_timeout=self._timeout_s,
-            )
-        return self._conn
-
-    async def _disconnect(self) -> None:
-        """After any failure: the next batch starts on a fresh connection."""
-        conn, self._conn = self._conn, None
+    async def _connect(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
         if conn is not None and not conn.is_closed():
-            conn.terminate()  # no goodbye round trip to a server that may not answer
+            return conn
+        return await asyncpg.connect(
+            self._url,
+            timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
+            command_timeout=self._timeout_s,
+        )
+
+    def _drop(self, conn: asyncpg.Connection | None) -> None:
+        """After a failure: the next batch starts on a fresh connection and reads the table
+        again (it may have been changed or restored meanwhile)."""
+        self._insert_sql = None
+        if conn is not None:
+            self._busy.discard(conn)
+            if not conn.is_closed():
+                conn.terminate()  # no goodbye round trip to a server that may not answer
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None or conn.is_closed():
-            return
-        if self._lock.locked():  # a write still running (it was given its time): end it
+        for conn in list(self._busy):  # writes still running were given their time: end them
             conn.terminate()
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), self._timeout_s)
+        idle, self._idle = self._idle, [None] * len(self._idle)
+        for idle_conn in idle:
+            if idle_conn is not None and not idle_conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(idle_conn.close(), self._timeout_s)
 
 
 def _transient(exc: asyncpg.PostgresError) -> bool:
