@@ -59,6 +59,7 @@ from relay import config
 from relay.events import Delivered, Delivery, Event
 from relay.render import TemplateCompiler
 from relay.targets.warehouse import WarehouseTarget, build_warehouse_target
+from relay.warehouse.base import Writer
 from relay.warehouse.postgres import PG_TYPES, PostgresWriter
 from relay.warehouse.rows import Row, RowMapper
 
@@ -140,26 +141,31 @@ def make_events(count: int) -> list[Event]:
     return events
 
 
-def target_config(url: str, table: str, batch: int) -> config.WarehouseTarget:
-    return config.WarehouseTarget.model_validate(
-        {
-            "kind": "warehouse",
-            "url": url,
-            "table": table,
-            "columns": {name: {"value": v, "type": t} for name, (v, t) in COLUMNS.items()},
-            "key": ["event_id"],
-            "create_table": False,
-            "batch": {"max_rows": batch, "max_wait": "1s"},
-            "timeout": "30s",
-        }
-    )
+def target_config(
+    url: str, table: str, batch: int, concurrency: int | None = None
+) -> config.WarehouseTarget:
+    """relay's defaults but for the batch size (and, for `target1`, one batch at a time)."""
+    spec = {
+        "kind": "warehouse",
+        "url": url,
+        "table": table,
+        "columns": {name: {"value": v, "type": t} for name, (v, t) in COLUMNS.items()},
+        "key": ["event_id"],
+        "create_table": False,
+        "batch": {"max_rows": batch, "max_wait": "1s"},
+        "timeout": "30s",
+    }
+    if concurrency is not None:
+        spec["concurrency"] = concurrency
+    return config.WarehouseTarget.model_validate(spec)
 
 
-def build_target(url: str, table: str, batch: int, templates: Path) -> WarehouseTarget:
+def build_target(
+    url: str, table: str, batch: int, templates: Path, concurrency: int | None = None
+) -> WarehouseTarget:
     problems: list[str] = []
-    target = build_warehouse_target(
-        "bench", target_config(url, table, batch), TemplateCompiler(templates), problems
-    )
+    spec = target_config(url, table, batch, concurrency)
+    target = build_warehouse_target("bench", spec, TemplateCompiler(templates), problems)
     if problems:
         raise SystemExit(f"bench config problems: {problems}")
     return target
@@ -224,19 +230,31 @@ async def run_copy(url: str, table: str, batches: list[Sequence[Row]]) -> float:
 
 
 async def run_writer(url: str, table: str, batches: list[Sequence[Row]]) -> float:
+    """Every batch handed over at once, as the Batcher does when they are full: the writer
+    takes relay's default number at a time and queues the rest."""
     columns = [(name, kind) for name, (_, kind) in COLUMNS.items()]
-    writer = PostgresWriter(url, table, columns, ["event_id"], False, 30.0)
+    at_once = target_config(url, table, 1).batches_at_once
+    writer = PostgresWriter(url, table, columns, ["event_id"], False, 30.0, at_once)
+
+    async def write(batch: Sequence[Row]) -> None:
+        results = await writer.write([[row] for row in batch])  # one row per delivery
+        if any(result is not None for result in results):
+            raise SystemExit(f"PROBLEM: writer failed rows: {results[:3]}")
+
     try:
-        if await writer.write([]) != []:  # connects (pool) before the clock starts
-            raise SystemExit("PROBLEM: an empty write did not answer []")
+        await connect_writer(writer, at_once)
         started = time.perf_counter()
-        for batch in batches:
-            results = await writer.write([[row] for row in batch])  # one row per delivery
-            if any(result is not None for result in results):
-                raise SystemExit(f"PROBLEM: writer failed rows: {results[:3]}")
+        await asyncio.gather(*(write(batch) for batch in batches))
         return time.perf_counter() - started
     finally:
         await writer.close()
+
+
+async def connect_writer(writer: Writer, at_once: int) -> None:
+    """Every connection open and the table read before the clock starts."""
+    answers = await asyncio.gather(*(writer.write([]) for _ in range(at_once)))
+    if answers != [[]] * at_once:
+        raise SystemExit(f"PROBLEM: an empty write did not answer []: {answers}")
 
 
 async def run_target(target: WarehouseTarget, deliveries: list[Delivery]) -> float:
@@ -258,11 +276,13 @@ async def run_target(target: WarehouseTarget, deliveries: list[Delivery]) -> flo
     return elapsed
 
 
-async def warm_target(target: WarehouseTarget, delivery: Delivery) -> None:
-    """Connect the target's pool before the clock starts: one row of its own, deleted after."""
+async def warm_target(target: WarehouseTarget, delivery: Delivery, at_once: int) -> None:
+    """Connect the target before the clock starts: one row of its own (deleted after), and
+    every connection it will use."""
     outcome = await target.send(delivery)
     if not isinstance(outcome, Delivered):
         raise SystemExit(f"PROBLEM: warm-up delivery failed: {outcome}")
+    await connect_writer(target.writer, at_once)
 
 
 # -- end to end -------------------------------------------------------------------------------
@@ -353,7 +373,8 @@ async def bench(settings: Settings) -> dict[str, list[float]]:
     warm_event, events = events[0], events[1:]
     deliveries = [Delivery(i + 1, "bench", 1, e.received_at, e) for i, e in enumerate(events)]
     warm_delivery = Delivery(0, "bench", 1, warm_event.received_at, warm_event)
-    rates: dict[str, list[float]] = {k: [] for k in ("copy", "writer", "target", "replay", "map")}
+    paths = ("copy", "writer", "target", "replay", "target1", "map")
+    rates: dict[str, list[float]] = {k: [] for k in paths}
 
     conn = await asyncpg.connect(settings.url)
     tables = Tables(conn)
@@ -382,7 +403,7 @@ async def bench(settings: Settings) -> dict[str, list[float]]:
                 table = await tables.fresh()
                 target = build_target(settings.url, table, size, templates)
                 try:
-                    await warm_target(target, warm_delivery)
+                    await warm_target(target, warm_delivery, 2)
                     await conn.execute(f'DELETE FROM "{table}"')
                     seconds = await timed("target", run_target(target, deliveries))
                     await tables.check(table, n, "target")
@@ -391,6 +412,17 @@ async def bench(settings: Settings) -> dict[str, list[float]]:
                     seconds = await timed("replay", run_target(target, deliveries))
                     await tables.check(table, n, "replay (a redelivery of every row)")
                     rates["replay"].append(n / seconds)
+                finally:
+                    await target.close()
+
+                table = await tables.fresh()
+                target = build_target(settings.url, table, size, templates, concurrency=1)
+                try:
+                    await warm_target(target, warm_delivery, 1)
+                    await conn.execute(f'DELETE FROM "{table}"')
+                    seconds = await timed("target1", run_target(target, deliveries))
+                    await tables.check(table, n, "target1")
+                    rates["target1"].append(n / seconds)
                 finally:
                     await target.close()
 
@@ -422,9 +454,10 @@ async def bench(settings: Settings) -> dict[str, list[float]]:
 
 LABELS = {
     "copy": "plain asyncpg copy_records_to_table, one connection: the baseline",
-    "writer": "relay PostgresWriter.write: stage COPY + INSERT ON CONFLICT DO NOTHING",
-    "target": "relay WarehouseTarget.send: mapping + Batcher + writer",
+    "writer": "relay PostgresWriter.write: INSERT ... unnest ON CONFLICT DO NOTHING, 2 at once",
+    "target": "relay WarehouseTarget.send: mapping + Batcher + writer (relay's defaults)",
     "replay": "the same deliveries again: every row a conflict (no-op)",
+    "target1": "the target path with `concurrency: 1`: one batch written at a time",
     "map": "RowMapper.rows_for alone (Jinja + conversion), no database",
     "e2e": f"POST to `relay run` ({E2E_CONNECTIONS} connections) until all rows are in",
 }

@@ -97,7 +97,7 @@ class WarehouseTarget:
         self.concurrency = (batches_at_once + 1) * batch.max_rows
         max_wait_s = batch.max_wait.total_seconds()
         self.lease_s = max_wait_s + 2 * timeout_s + 30.0
-        self._writer = writer
+        self.writer = writer
         self._batcher = Batcher(writer, batch.max_rows, max_wait_s)
 
     def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
@@ -120,7 +120,7 @@ class WarehouseTarget:
     async def close(self) -> None:
         await self._batcher.close()
         with contextlib.suppress(Exception):
-            await self._writer.close()
+            await self.writer.close()
 
 
 def build_warehouse_target(

@@ -1,11 +1,11 @@
 """PostgreSQL (and what speaks its protocol) through asyncpg.
 
-A batch is one statement, `INSERT ... SELECT * FROM unnest($1::type[], ...) ON CONFLICT (key)
+A batch is one statement, `INSERT ... SELECT ... FROM unnest($1::text[], ...) ON CONFLICT (key)
 DO NOTHING`, with one array per column: a single round trip that PostgreSQL runs as one
-transaction, so the next batch can be mapped while this one is written. The arrays are cast to
-the table's own column types, read once per connection, so a column may be `uuid` or
-`varchar(64)` where the config says `text`. When the batch fails for its data, each delivery
-is written alone, so only the bad ones fail.
+transaction, so the next batch can be mapped while this one is written. Each value is cast to
+the table's own column type, read when a connection is first used, so a column may be `uuid`,
+`varchar(64)` or an enum where the config says `text`. When the batch fails for its data, each
+delivery is written alone, so only the bad ones fail.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ class PostgresWriter:
         self._url = url
         self._table = table
         self._columns = [name for name, _ in columns]
+        self._column_types = list(columns)
         self._create_sql = create_table_sql(table, columns, key, PG_TYPES) if create_table else None
         self._timeout_s = timeout_s
         self._names = ", ".join(quote(c) for c in self._columns)
-        self._keys = ", ".join(quote(k) for k in key)
+        self._key = list(key)
         # One connection per batch written at once; None until first used or after a failure.
         self._idle: list[asyncpg.Connection | None] = [None] * concurrency
         self._busy: set[asyncpg.Connection] = set()
@@ -127,26 +128,26 @@ class PostgresWriter:
             probe = await conn.prepare(
                 f"SELECT {self._names} FROM {quote(self._table)} LIMIT 0", timeout=self._timeout_s
             )
+            attributes = probe.get_attributes()
+            for attribute in attributes:
+                if attribute.type.kind == "array":
+                    raise SchemaProblem(
+                        f'column "{attribute.name}" of relation "{self._table}" is an array'
+                        f" ({attribute.type.name}); warehouse columns take one value each"
+                    )
+            table_types: list[str] = await conn.fetchval(
+                "SELECT array_agg(format_type(type, NULL) ORDER BY n)"
+                " FROM unnest($1::oid[]) WITH ORDINALITY AS t(type, n)",
+                [attribute.type.oid for attribute in attributes],
+                timeout=self._timeout_s,
+            )
         except asyncpg.UniqueViolationError:
             raise  # another replica created the table at the same moment: try again
         except asyncpg.PostgresError as exc:
             if _transient(exc):
                 raise
             raise SchemaProblem(_message(exc)) from exc
-        casts = []
-        for number, attribute in enumerate(probe.get_attributes(), start=1):
-            column_type = attribute.type
-            if column_type.kind == "array":
-                raise SchemaProblem(
-                    f'column "{attribute.name}" of relation "{self._table}" is an array'
-                    f" ({column_type.name}); warehouse columns take one value each"
-                )
-            casts.append(f"${number}::{quote(column_type.schema)}.{quote(column_type.name)}[]")
-        return (
-            f"INSERT INTO {quote(self._table)} ({self._names})"
-            f" SELECT * FROM unnest({', '.join(casts)})"
-            f" ON CONFLICT ({self._keys}) DO NOTHING"
-        )
+        return insert_sql(self._table, self._column_types, table_types, self._key)
 
     async def _connect(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
         if conn is not None and not conn.is_closed():
@@ -155,6 +156,7 @@ class PostgresWriter:
             self._url,
             timeout=self._timeout_s,  # to connect: asyncpg's default is 60s
             command_timeout=self._timeout_s,
+            server_settings={"TimeZone": "UTC"},  # a `timestamp` column gets UTC wall time
         )
 
     def _drop(self, conn: asyncpg.Connection | None) -> None:
@@ -174,6 +176,26 @@ class PostgresWriter:
             if idle_conn is not None and not idle_conn.is_closed():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(idle_conn.close(), self._timeout_s)
+
+
+def insert_sql(
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    table_types: Sequence[str],
+    key: Sequence[str],
+) -> str:
+    """One array per column, of the configured type (what relay's values are), each value then
+    cast to the table's column type without its modifier: `varchar(8)` is checked by the
+    insert, not cut short by the cast."""
+    names = ", ".join(quote(name) for name, _ in columns)
+    arrays = ", ".join(f"${n}::{PG_TYPES[kind]}[]" for n, (_, kind) in enumerate(columns, 1))
+    aliases = ", ".join(f"v{n}" for n in range(1, len(columns) + 1))
+    values = ", ".join(f"v{n}::{sql_type}" for n, sql_type in enumerate(table_types, 1))
+    keys = ", ".join(quote(k) for k in key)
+    return (
+        f"INSERT INTO {quote(table)} ({names}) SELECT {values}"
+        f" FROM unnest({arrays}) AS v({aliases}) ON CONFLICT ({keys}) DO NOTHING"
+    )
 
 
 def _transient(exc: asyncpg.PostgresError) -> bool:
