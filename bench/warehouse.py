@@ -12,11 +12,14 @@ baseline pays for the same index):
 - writer: relay's PostgresWriter.write() for the same batches: per batch, in one transaction,
           binary COPY into a session temp table, then INSERT ... SELECT ... ON CONFLICT (key)
           DO NOTHING into the target. Same ready-made rows.
-- target: relay's WarehouseTarget.send() for N prepared deliveries (events parsed, as the store
-          hands them to a worker), with `concurrency` (= max_rows) sends in flight, as the
-          delivery worker runs it: Jinja column expressions and type conversion per event,
-          the Batcher (max_rows = B), then the writer. Everything relay does per row except
-          the SQLite store's claim and record.
+- target: relay's delivery worker (TargetWorker) and WarehouseTarget for N prepared deliveries
+          (events parsed, as the store hands them to a worker), handed out by an in-memory
+          stand-in for the store: claimed groups of up to `concurrency` deliveries, column
+          expressions and type conversion per event, the Batcher (max_rows = B), the writer
+          (relay's default of two batches at once), one recorded outcome per delivery.
+          Everything relay does per row except the SQLite store's claim and record.
+- target1: the same with `concurrency: 1` (one batch written at a time). Reported, not in
+          the ratio.
 - replay: the target path again over the same deliveries into the full table, i.e. every row
           redelivered: all ON CONFLICT no-ops. Reported, not in the ratio.
 - map:    RowMapper.rows_for over the N events alone, no database. Reported, not in the ratio.
@@ -37,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -49,6 +54,7 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -56,8 +62,11 @@ import asyncpg
 import procs
 
 from relay import config
+from relay.delivery import TargetWorker
 from relay.events import Delivered, Delivery, Event
+from relay.metrics import Metrics
 from relay.render import TemplateCompiler
+from relay.store.base import AttemptResult, Store
 from relay.targets.warehouse import WarehouseTarget, build_warehouse_target
 from relay.warehouse.base import Writer
 from relay.warehouse.postgres import PG_TYPES, PostgresWriter
@@ -257,22 +266,52 @@ async def connect_writer(writer: Writer, at_once: int) -> None:
         raise SystemExit(f"PROBLEM: an empty write did not answer []: {answers}")
 
 
+class HandOut:
+    """The store's side of a delivery worker, in memory: hands out the prepared deliveries in
+    the groups the worker claims and counts what it records. The SQLite store's own cost is
+    measured by the e2e path and by bench/ingest.py."""
+
+    def __init__(self, deliveries: Sequence[Delivery]) -> None:
+        self._pending = collections.deque(deliveries)
+        self._expected = len(deliveries)
+        self.recorded: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.all_recorded = asyncio.Event()
+
+    async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
+        count = min(limit, len(self._pending))
+        return [self._pending.popleft() for _ in range(count)]
+
+    async def record(self, results: Sequence[AttemptResult]) -> None:
+        for result in results:
+            self.recorded[result.state] = self.recorded.get(result.state, 0) + 1
+            if result.state != "delivered" and len(self.problems) < 3:
+                self.problems.append(repr(result))
+        if sum(self.recorded.values()) == self._expected:
+            self.all_recorded.set()
+
+    async def next_due_at(self, target: str) -> float | None:
+        return None
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        return None
+
+
 async def run_target(target: WarehouseTarget, deliveries: list[Delivery]) -> float:
-    """`concurrency` sends in flight, each starting when one ends: TargetWorker's shape."""
-    queue = iter(deliveries)
-    failures: list[str] = []
-
-    async def lane() -> None:
-        for delivery in queue:
-            outcome = await target.send(delivery)
-            if not isinstance(outcome, Delivered):
-                failures.append(f"{delivery.event.id}: {outcome}")
-
+    """relay's own delivery worker (TargetWorker) driving the target, as `relay run` does:
+    it claims up to `concurrency` deliveries, hands each claimed group to the target in one
+    call and records every outcome."""
+    store = HandOut(deliveries)
+    worker = TargetWorker(target, cast(Store, store), Metrics(), time.time, random.random)
     started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(target.concurrency)))
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise SystemExit(f"PROBLEM: {len(failures)} deliveries not delivered: {failures[:3]}")
+    worker.start()
+    try:
+        await store.all_recorded.wait()
+        elapsed = time.perf_counter() - started
+    finally:
+        await worker.stop(grace_s=RUN_TIMEOUT_S)
+    if store.recorded != {"delivered": len(deliveries)}:
+        raise SystemExit(f"PROBLEM: recorded {store.recorded}: {store.problems}")
     return elapsed
 
 

@@ -1,23 +1,26 @@
 """Delivery workers: claim due deliveries, send, record the result, schedule retries.
 
 One worker per target keeps up to `concurrency` attempts in flight. Attempts are leased in the
-store, so a crashed process's work becomes due again; retry times live in the store too.
+store, so a crashed process's work becomes due again; retry times live in the store too. A
+target that sends in batches (the warehouse) gets each claimed group in one call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any
 
 from relay.errors import StoreError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry
 from relay.metrics import Metrics
 from relay.retry import GiveUp
-from relay.store.base import Store
-from relay.targets.base import Target
+from relay.store.base import AttemptResult, Store
+from relay.targets.base import BatchTarget, Target
 
 log = logging.getLogger("relay.delivery")
 
@@ -37,13 +40,22 @@ class TargetWorker:
     ) -> None:
         self.target = target
         self._store = store
-        self._metrics = metrics
         self._clock = clock
         self._rng = rng
         self._wake = asyncio.Event()
         self._stopping = False
-        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._in_flight: dict[asyncio.Task[None], Sequence[Delivery]] = {}
+        self._in_flight_count = 0  # deliveries, not tasks
         self._loop_task: asyncio.Task[None] | None = None
+        self._batch_target = target if isinstance(target, BatchTarget) else None
+        self._counters = {  # by the state recorded: a pending result is a retry
+            state: metrics.attempts.labels(target.name, result)
+            for state, result in (
+                ("delivered", "delivered"),
+                ("pending", "retry"),
+                ("dead", "dead"),
+            )
+        }
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self.run(), name=f"worker:{self.target.name}")
@@ -63,22 +75,33 @@ class TargetWorker:
                 await self._wait(STORE_ERROR_PAUSE_S)
 
     async def _claim(self) -> int:
-        free = self.target.concurrency - len(self._in_flight)
+        free = self.target.concurrency - self._in_flight_count
         if free <= 0:
             return 0
+        if self._batch_target is not None:  # groups of one batch each, written as they fill
+            free = min(free, self._batch_target.batch_size)
         deliveries = await self._store.claim(self.target.name, free, self.target.lease_s)
-        for delivery in deliveries:
-            task = asyncio.create_task(self._attempt(delivery))
-            self._in_flight[task] = delivery
-            task.add_done_callback(self._done)
+        if not deliveries:
+            return 0
+        if self._batch_target is not None:
+            self._start(self._attempt_batch(self._batch_target, deliveries), deliveries)
+        else:
+            for delivery in deliveries:
+                self._start(self._attempt(delivery), (delivery,))
         return len(deliveries)
 
+    def _start(self, attempt: Coroutine[Any, Any, None], deliveries: Sequence[Delivery]) -> None:
+        task = asyncio.create_task(attempt)
+        self._in_flight[task] = deliveries
+        self._in_flight_count += len(deliveries)
+        task.add_done_callback(self._done)
+
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        self._in_flight_count -= len(self._in_flight.pop(task, ()))
         self._wake.set()
 
     async def _seconds_until_due(self) -> float:
-        if len(self._in_flight) >= self.target.concurrency:
+        if self._in_flight_count >= self.target.concurrency:
             return POLL_INTERVAL_S
         due = await self._store.next_due_at(self.target.name)
         if due is None:
@@ -98,14 +121,31 @@ class TargetWorker:
                 "target %s: event %s: unexpected error", self.target.name, delivery.event.id
             )
             outcome = Retry(f"internal error: {exc!r}")
-        await self._record(delivery, outcome)
+        results = [self._result(delivery, outcome)]
+        self._count(results)
+        await self._store.record(results)
 
-    async def _record(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def _attempt_batch(self, target: BatchTarget, deliveries: Sequence[Delivery]) -> None:
+        try:
+            outcomes: Sequence[Outcome] = await target.send_batch(deliveries)
+        except Exception as exc:  # a bug in a target must not stop its worker
+            log.exception(
+                "target %s: %d events: unexpected error", self.target.name, len(deliveries)
+            )
+            outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
+        results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
+        self._count(results)
+        await self._store.record(results)
+
+    def _count(self, results: Sequence[AttemptResult]) -> None:
+        for state, count in collections.Counter(r.state for r in results).items():
+            self._counters[state].inc(count)
+
+    def _result(self, delivery: Delivery, outcome: Outcome) -> AttemptResult:
+        """What to record for this outcome: delivered, dead, or pending until the next try."""
         name, event_id = self.target.name, delivery.event.id
         if isinstance(outcome, Delivered):
-            self._metrics.attempts.labels(name, "delivered").inc()
-            await self._store.record(delivery.id, "delivered", status=outcome.status)
-            return
+            return AttemptResult(delivery.id, "delivered", status=outcome.status)
         if isinstance(outcome, Failed):
             reason, status = outcome.reason, outcome.status
         else:
@@ -113,7 +153,6 @@ class TargetWorker:
                 outcome, delivery.attempt, delivery.first_attempt_at, self._clock(), self._rng
             )
             if not isinstance(decision, GiveUp):
-                self._metrics.attempts.labels(name, "retry").inc()
                 log.info(
                     "target %s: event %s attempt %d: %s; retrying in %.1fs",
                     name,
@@ -122,18 +161,16 @@ class TargetWorker:
                     outcome.reason,
                     decision.at - self._clock(),
                 )
-                await self._store.record(
+                return AttemptResult(
                     delivery.id,
                     "pending",
                     next_attempt_at=decision.at,
                     status=outcome.status,
                     error=outcome.reason,
                 )
-                return
             reason, status = decision.reason, outcome.status
-        self._metrics.attempts.labels(name, "dead").inc()
         log.warning("target %s: event %s is dead: %s", name, event_id, reason)
-        await self._store.record(delivery.id, "dead", status=status, error=reason)
+        return AttemptResult(delivery.id, "dead", status=status, error=reason)
 
     def stop_claiming(self) -> None:
         self._stopping = True
@@ -149,7 +186,7 @@ class TargetWorker:
         if pending:
             _, still_running = await asyncio.wait(pending, timeout=grace_s)
             if still_running:
-                unfinished = [self._in_flight[t].id for t in still_running if t in self._in_flight]
+                unfinished = [d.id for t in still_running for d in self._in_flight.get(t, ())]
                 for task in still_running:
                     task.cancel()
                 await asyncio.gather(*still_running, return_exceptions=True)

@@ -11,6 +11,7 @@ import pytest
 
 from relay.errors import StoreError
 from relay.events import Event
+from relay.store.base import AttemptResult
 from relay.store.sqlite import MIGRATIONS, SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
 
@@ -67,7 +68,11 @@ async def test_claim_leases_and_counts_an_attempt(tmp_path: Path) -> None:
         (again,) = await store.claim("a", 10, lease_s=30)
         assert (again.attempt, again.first_attempt_at) == (2, 1_000.0)
         await store.record(
-            again.id, "pending", next_attempt_at=clock.now + 5, status=503, error="busy"
+            [
+                AttemptResult(
+                    again.id, "pending", next_attempt_at=clock.now + 5, status=503, error="busy"
+                )
+            ]
         )
         assert await store.claim("a", 10, lease_s=30) == []
         clock.now += 5
@@ -101,8 +106,12 @@ async def test_restart_releases_leases_of_the_crashed_run(tmp_path: Path) -> Non
 async def test_replay_revives_only_dead_deliveries(store: SqliteStore) -> None:
     await store.ingest(event("e1"), ["a", "b"])
     first, second = await store.claim("a", 1, 30) + await store.claim("b", 1, 30)
-    await store.record(first.id, "dead", status=400, error="HTTP 400")
-    await store.record(second.id, "delivered", status=200)
+    await store.record(
+        [
+            AttemptResult(first.id, "dead", status=400, error="HTTP 400"),
+            AttemptResult(second.id, "delivered", status=200),
+        ]
+    )
     assert await store.replay() == 1
     (revived,) = await store.claim("a", 1, 30)
     assert revived.attempt == 1

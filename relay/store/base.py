@@ -37,6 +37,17 @@ class DeliveryRecord:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one attempt came to: the delivery's new state, and when to try again if pending."""
+
+    delivery_id: int
+    state: DeliveryState
+    next_attempt_at: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+
 class Store(Protocol):
     async def open(self, *, daemon: bool = True) -> None:
         """`daemon=False` for operator commands that run beside a running daemon."""
@@ -56,16 +67,8 @@ class Store(Protocol):
         """Lease up to `limit` due deliveries of `target` for `lease_s` seconds."""
         ...
 
-    async def record(
-        self,
-        delivery_id: int,
-        state: DeliveryState,
-        *,
-        next_attempt_at: float | None = None,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        """Record an attempt's result and drop the lease."""
+    async def record(self, results: Sequence[AttemptResult]) -> None:
+        """Record attempts' results and drop their leases, in one transaction."""
         ...
 
     async def release(self, delivery_ids: Sequence[int]) -> None:

@@ -26,7 +26,7 @@ from relay import jsoncodec
 from relay.durations import parse_duration
 from relay.errors import StoreError
 from relay.events import Delivery, Event
-from relay.store.base import DeliveryRecord, DeliveryState, IngestResult
+from relay.store.base import AttemptResult, DeliveryRecord, DeliveryState, IngestResult
 from relay.store.checkpoint import Checkpointer
 
 log = logging.getLogger("relay.store")
@@ -316,22 +316,17 @@ class SqliteStore:
         )
         return {row[0]: _event_from_row(row) for row in rows}
 
-    async def record(
-        self,
-        delivery_id: int,
-        state: DeliveryState,
-        *,
-        next_attempt_at: float | None = None,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> None:
+    async def record(self, results: Sequence[AttemptResult]) -> None:
         now = self._clock()
+        rows = [
+            (r.state, r.next_attempt_at, r.status, r.error, now, r.delivery_id) for r in results
+        ]
 
         def update(cur: sqlite3.Cursor) -> None:
-            cur.execute(
+            cur.executemany(
                 "UPDATE deliveries SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
                 " last_status = ?, last_error = ?, lease_until = 0, updated_at = ? WHERE id = ?",
-                (state, next_attempt_at, status, error, now, delivery_id),
+                rows,
             )
 
         await self._submit(update)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from relay.errors import RenderError
 from relay.events import Delivery, Event, Outcome
@@ -36,6 +36,18 @@ class Target(Protocol):
     async def send(self, delivery: Delivery) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchTarget(Target, Protocol):
+    """A target that writes many deliveries at once: the worker hands it each claimed group,
+    of at most `batch_size` deliveries."""
+
+    batch_size: int
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """One outcome per delivery, in order."""
+        ...
 
 
 def template_context(event: Event, target_name: str) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from relay.warehouse.duckdb import DuckdbWriter
 from relay.warehouse.postgres import PostgresWriter
 from relay.warehouse.rows import ColumnSpec, Row, RowMapper
 
-Pending = tuple[Sequence[Row], "asyncio.Future[Outcome]"]
+# Some deliveries' rows (one list per delivery) in one batch, and the future of their outcomes.
+Share = tuple[list[Sequence[Row]], "asyncio.Future[list[Outcome]]"]
 
 
 class Batcher:
@@ -33,20 +34,35 @@ class Batcher:
         self._writer = writer
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
-        self._pending: list[Pending] = []
+        self._pending: list[Share] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, rows: Sequence[Row]) -> asyncio.Future[Outcome]:
+    def add(self, deliveries: Sequence[Sequence[Row]]) -> list[asyncio.Future[list[Outcome]]]:
+        """Queue each delivery's rows; one future per batch they land in, giving the outcomes
+        of that batch's share of these deliveries, in order."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((rows, future))
-        self._rows += len(rows)
-        if self._rows >= self._max_rows:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._max_wait_s, self._flush)
+        futures = []
+        share: list[Sequence[Row]] = []
+        for rows in deliveries:
+            share.append(rows)
+            self._rows += len(rows)
+            if self._rows >= self._max_rows:
+                futures.append(self._queue(share, loop))
+                share = []
+                self._flush()
+        if share:
+            futures.append(self._queue(share, loop))
+            if self._timer is None:
+                self._timer = loop.call_later(self._max_wait_s, self._flush)
+        return futures
+
+    def _queue(
+        self, share: list[Sequence[Row]], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[list[Outcome]]:
+        future: asyncio.Future[list[Outcome]] = loop.create_future()
+        self._pending.append((share, future))
         return future
 
     def _flush(self) -> None:
@@ -59,19 +75,23 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Share]) -> None:
+        deliveries = [rows for share, _ in batch for rows in share]
         try:
-            results = await self._writer.write([rows for rows, _ in batch])
+            results = await self._writer.write(deliveries)
             outcomes: list[Outcome] = [
                 Delivered() if error is None else Failed(error) for error in results
             ]
         except WarehouseUnavailable as exc:
-            outcomes = [Retry(str(exc))] * len(batch)
+            outcomes = [Retry(str(exc))] * len(deliveries)
         except Exception as exc:  # a bug must not leave deliveries waiting forever
-            outcomes = [Retry(f"internal error: {exc!r}")] * len(batch)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
+        start = 0
+        for share, future in batch:
+            end = start + len(share)
             if not future.done():
-                future.set_result(outcome)
+                future.set_result(outcomes[start:end])
+            start = end
 
     async def close(self) -> None:
         self._flush()
@@ -93,8 +113,10 @@ class WarehouseTarget:
         self.name = name
         self.mapper = mapper
         self.policy = policy
-        # Deliveries in flight: a batch for each write at once, and one more filling meanwhile.
+        # Deliveries in flight: a batch for each write at once, and one more filling meanwhile,
+        # handed over a batch's worth at a time.
         self.concurrency = (batches_at_once + 1) * batch.max_rows
+        self.batch_size = batch.max_rows
         max_wait_s = batch.max_wait.total_seconds()
         self.lease_s = max_wait_s + 2 * timeout_s + 30.0
         self.writer = writer
@@ -106,16 +128,30 @@ class WarehouseTarget:
         return OutboundRequest("INSERT", self.name, {}, "\n".join(lines).encode())
 
     async def send(self, delivery: Delivery) -> Outcome:
-        try:
-            rows = self.mapper.rows_for(delivery.event)
-        except RenderError as exc:
-            return Failed(str(exc))
-        if not rows:
-            return Delivered()
-        # A shutdown cancelling this send cancels only this future: the batch is written by
-        # its own task; the delivery comes back through its lease and the key makes the
+        (outcome,) = await self.send_batch([delivery])
+        return outcome
+
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        to_write: list[Sequence[Row]] = []
+        written_at: list[int] = []  # where each written delivery's outcome goes
+        for delivery in deliveries:
+            try:
+                rows = self.mapper.rows_for(delivery.event)
+            except RenderError as exc:
+                outcomes.append(Failed(str(exc)))
+                continue
+            outcomes.append(Delivered())  # no rows is delivered too; else replaced below
+            if rows:
+                written_at.append(len(outcomes) - 1)
+                to_write.append(rows)
+        # A shutdown cancelling this wait cancels only the waiting: each batch is written by
+        # its own task; the deliveries come back through their leases and the key makes the
         # second write a no-op.
-        return await self._batcher.add(rows)
+        written = [outcome for share in self._batcher.add(to_write) for outcome in await share]
+        for position, outcome in zip(written_at, written, strict=True):
+            outcomes[position] = outcome
+        return outcomes
 
     async def close(self) -> None:
         await self._batcher.close()
