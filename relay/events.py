@@ -88,3 +88,4 @@ class Failed:
 
 
 Outcome = Delivered | Retry | Failed
+DELIVERED = Delivered()  # the common outcome, shared rather than made per delivery

@@ -37,9 +37,13 @@ class DeliveryRecord:
     last_error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptResult:
-    """What one attempt came to: the delivery's new state, and when to try again if pending."""
+    """What one attempt came to: the delivery's new state, and when to try again if pending.
+
+    Not frozen, though nothing changes one: a frozen dataclass's __init__ costs several
+    times more, and a warehouse records one per row.
+    """
 
     delivery_id: int
     state: DeliveryState

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from relay import config
 from relay.errors import RenderError
-from relay.events import Delivered, Delivery, Failed, Outcome, Retry
+from relay.events import DELIVERED, Delivery, Failed, Outcome, Retry
 from relay.render import TemplateCompiler, plain_path
 from relay.retry import RetryPolicy
 from relay.targets.base import OutboundRequest
@@ -80,7 +80,7 @@ class Batcher:
         try:
             results = await self._writer.write(deliveries)
             outcomes: list[Outcome] = [
-                Delivered() if error is None else Failed(error) for error in results
+                DELIVERED if error is None else Failed(error) for error in results
             ]
         except WarehouseUnavailable as exc:
             outcomes = [Retry(str(exc))] * len(deliveries)
@@ -141,7 +141,7 @@ class WarehouseTarget:
             except RenderError as exc:
                 outcomes.append(Failed(str(exc)))
                 continue
-            outcomes.append(Delivered())  # no rows is delivered too; else replaced below
+            outcomes.append(DELIVERED)  # no rows is delivered too; else replaced below
             if rows:
                 written_at.append(len(outcomes) - 1)
                 to_write.append(rows)
