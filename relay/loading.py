@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
-import types
 from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import ValidationError
 
-from relay.config import (
-    SIGN_SCHEMES,
-    TARGET_KINDS,
-    VERIFY_SCHEMES,
-    Config,
-    Target,
-    WarehouseTarget,
-    split_url,
-)
+from relay.config import Config, Target, WarehouseTarget, split_url
+from relay.config_errors import Loc, Problem, describe, format_loc
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
-from relay.fields import SECRET_LIST_TAG, SECRET_TAG, yaml_key, yaml_kind
+from relay.fields import yaml_key, yaml_kind
 from relay.render import TemplateCompiler
-
-Loc = tuple[str | int, ...]
-Problem = tuple[str, str]  # (yaml path, message)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -53,7 +40,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        later.extend(_format_error(error) for error in exc.errors())
+        later.extend(describe(error) for error in exc.errors())
     later.extend(_cross_check(expanded))
     if problems or later:
         later.extend(_check_templates(expanded, path.parent))
@@ -128,154 +115,6 @@ def _expand_tree(node: Any, environ: Mapping[str, str], loc: Loc, problems: list
     if isinstance(node, list):
         return [_expand_tree(v, environ, (*loc, i), problems) for i, v in enumerate(node)]
     return node
-
-
-def format_loc(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text or "(top level)"
-
-
-def _strip_tags(loc: Loc) -> Loc:
-    """Drop the discriminator tags pydantic inserts (`targets.x.http.url` → `targets.x.url`)."""
-    parts = [p for p in loc if p not in (SECRET_TAG, SECRET_LIST_TAG)]
-    if len(parts) > 3 and parts[0] == "sources" and parts[2] == "verify":
-        if parts[3] in VERIFY_SCHEMES:
-            del parts[3]  # sources.NAME.verify.<scheme>
-    elif len(parts) > 2 and parts[0] == "targets" and parts[2] in TARGET_KINDS:
-        del parts[2]  # targets.NAME.<kind>
-        if len(parts) > 3 and parts[2] == "sign" and parts[3] in SIGN_SCHEMES:
-            del parts[3]  # targets.NAME.sign.<scheme>
-    return tuple(parts)
-
-
-_TYPE_MESSAGES = {
-    "string_type": "must be a string",
-    "int_type": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "list_type": "must be a list",
-}
-_NUMBER_LIMITS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-_TAG_CHOICES: dict[str, tuple[str, ...]] = {"kind": TARGET_KINDS, "scheme": SIGN_SCHEMES}
-_VERIFY_TAG_CHOICES: dict[str, tuple[str, ...]] = {"scheme": VERIFY_SCHEMES}
-
-
-def _format_error(error: ErrorDetails) -> Problem:
-    raw_loc = tuple(error["loc"])
-    loc = _strip_tags(raw_loc)
-    kind = error["type"]
-    value = error.get("input")
-    ctx = error.get("ctx", {})
-    if loc and loc[-1] == "[key]":
-        # A mapping key (a name) failed: point at the key itself.
-        loc = (*loc[:-2], yaml_key(loc[-2])) if len(loc) > 1 else loc[:-1]
-        if kind == "string_type":
-            return format_loc(loc), f"name must be a string, got {yaml_kind(value)}; quote it"
-    if kind == "extra_forbidden":
-        message = _unknown_key(str(raw_loc[-1]), _fields_at(raw_loc[:-1]))
-    elif kind == "missing":
-        message = "missing required key"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        field = str(ctx.get("discriminator", "")).strip("'")
-        loc = (*loc, field)
-        tag_choices = _VERIFY_TAG_CHOICES if loc[:1] == ("sources",) else _TAG_CHOICES
-        tags = ", ".join(tag_choices.get(field, ()))
-        if kind == "union_tag_not_found":
-            message = f"missing required key; expected one of: {tags}"
-        else:
-            message = f'unknown {field} "{ctx.get("tag")}"; expected one of: {tags}'
-    elif kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        expected = f"one of: {', '.join(choices)}" if len(choices) > 1 else "".join(choices)
-        message = f"unknown {loc[-1] if loc else 'value'} {_show(value)}; expected {expected}"
-    elif kind in _TYPE_MESSAGES:
-        message = f"{_TYPE_MESSAGES[kind]}, got {yaml_kind(value)}"
-    elif kind in _NUMBER_LIMITS:
-        message = f"{_must(error['msg'])}, got {_show(value)}"
-    else:
-        message = _must(error["msg"].removeprefix("Value error, "))
-    return format_loc(loc), message
-
-
-def _must(text: str) -> str:
-    return text.replace("Input should be ", "must be ", 1)
-
-
-def _unknown_key(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    if close:
-        return f'unknown key (did you mean "{close[0]}"?)'
-    if allowed:
-        return f"unknown key; valid keys here: {', '.join(allowed)}"
-    return "unknown key"
-
-
-def _show(value: object) -> str:
-    """A scalar as YAML spells it; only for fields that cannot hold a secret."""
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None or isinstance(value, bool):
-        return yaml_key(value)
-    if isinstance(value, int | float):
-        return str(value)
-    return yaml_kind(value)
-
-
-def _fields_at(loc: Loc) -> list[str]:
-    """The keys the model at pydantic location `loc` (tags included) accepts."""
-    node: Any = Config
-    for part in loc:
-        node = _child(node, part)
-    model = _unwrap(node)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        if origin in (Union, types.UnionType):
-            options = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(options) == 1:
-                annotation = options[0]
-                continue
-        return annotation
-
-
-def _child(annotation: Any, part: str | int) -> Any:
-    node = _unwrap(annotation)
-    origin = get_origin(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        field = node.model_fields.get(str(part))
-        return field.annotation if field is not None else None
-    if origin is dict:
-        return get_args(node)[1]
-    if origin is list:
-        return get_args(node)[0]
-    if origin in (Union, types.UnionType):
-        for option in map(_unwrap, get_args(node)):
-            if isinstance(option, type) and issubclass(option, BaseModel) and part in _tags(option):
-                return option
-    return None
-
-
-def _tags(model: type[BaseModel]) -> Iterator[object]:
-    for field in model.model_fields.values():
-        if get_origin(field.annotation) is Literal:
-            yield from get_args(field.annotation)
 
 
 def _entries(raw: Mapping[str, Any], section: str) -> Iterator[tuple[str, dict[str, Any]]]:
