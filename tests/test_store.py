@@ -12,7 +12,8 @@ import pytest
 from relay.errors import StoreError
 from relay.events import Event
 from relay.store.base import AttemptResult
-from relay.store.sqlite import MIGRATIONS, SqliteStore
+from relay.store.schema import MIGRATIONS
+from relay.store.sqlite import SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
 
 

@@ -11,7 +11,6 @@ releasing all leases at start-up safe.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import logging
@@ -19,7 +18,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 from relay import jsoncodec
@@ -28,55 +27,10 @@ from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.store.base import AttemptResult, DeliveryRecord, DeliveryState, IngestResult
 from relay.store.checkpoint import Checkpointer
+from relay.store.groupcommit import GroupCommit
+from relay.store.schema import migrate
 
 log = logging.getLogger("relay.store")
-
-T = TypeVar("T")
-WriteOp = Callable[[sqlite3.Cursor], Any]
-
-# Each entry brings the schema from the previous version to its own; the file records its
-# version in `PRAGMA user_version`. Append, never edit: operators' files are at every version.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE events (
-        pk INTEGER PRIMARY KEY,
-        source TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        body BLOB NOT NULL,
-        headers TEXT NOT NULL,
-        data_key TEXT,
-        UNIQUE (source, event_id)
-    );
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY,
-        event_pk INTEGER NOT NULL REFERENCES events (pk),
-        target TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        first_attempt_at REAL,
-        lease_until REAL NOT NULL DEFAULT 0,
-        last_status INTEGER,
-        last_error TEXT,
-        updated_at REAL NOT NULL
-    );
-    CREATE INDEX deliveries_due ON deliveries (target, next_attempt_at) WHERE state = 'pending';
-    CREATE INDEX deliveries_state ON deliveries (state, id);
-    """,
-    "ALTER TABLE events ADD COLUMN created_at REAL;",
-)
-
-
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the file to the newest schema, one transaction per step."""
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
-        version = 1  # written before versions were recorded
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
-
 
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
@@ -99,9 +53,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
-        self._queue: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
-        self.commits = 0  # group commits so far: fewer than writes under concurrency
+        self._writes = GroupCommit(self._connection, path.name)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
@@ -155,9 +107,13 @@ class SqliteStore:
             self._checkpointer = Checkpointer(self.path)
             self._checkpointer.start()
 
+    @property
+    def commits(self) -> int:
+        """Group commits so far: fewer than writes under concurrency."""
+        return self._writes.commits
+
     async def close(self) -> None:
-        if self._queue:
-            self._flush()
+        self._writes.flush()
         if self._checkpointer is not None:
             await self._checkpointer.stop()
             self._checkpointer = None
@@ -167,62 +123,6 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    # -- group commit ----------------------------------------------------------------------
-
-    def _submit(self, op: WriteOp) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((op, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            # Two loop turns, not one: requests whose bodies arrive in the next turn join too.
-            loop.call_soon(loop.call_soon, self._flush)
-        return future
-
-    def _flush(self) -> None:
-        """Commit every queued write in one transaction; isolate the culprit if one fails."""
-        self._flush_scheduled = False
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        try:
-            results = self._transaction([op for op, _ in batch])
-        except (sqlite3.Error, StoreError) as exc:
-            if len(batch) == 1:
-                _fail(batch[0][1], StoreError(f"store {self.path.name}: {exc}"))
-                return
-            for op, future in batch:  # one bad write must not fail its neighbours
-                self._settle_one(op, future)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    def _settle_one(self, op: WriteOp, future: asyncio.Future[Any]) -> None:
-        try:
-            (result,) = self._transaction([op])
-        except (sqlite3.Error, StoreError) as exc:
-            _fail(future, StoreError(f"store {self.path.name}: {exc}"))
-            return
-        if not future.done():
-            future.set_result(result)
-
-    def _transaction(self, ops: Sequence[WriteOp]) -> list[Any]:
-        db = self._connection()
-        cursor = db.cursor()
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-            results = [op(cursor) for op in ops]
-            cursor.execute("COMMIT")
-            self.commits += 1
-        except BaseException:
-            if db.in_transaction:
-                db.rollback()
-            raise
-        finally:
-            cursor.close()
-        return results
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -269,7 +169,7 @@ class SqliteStore:
             )
             return IngestResult(duplicate=False, deliveries=len(targets))
 
-        result: IngestResult = await self._submit(insert)
+        result: IngestResult = await self._writes.submit(insert)
         return result
 
     # -- delivery --------------------------------------------------------------------------
@@ -290,7 +190,7 @@ class SqliteStore:
             ).fetchall()
 
         try:
-            (claimed,) = self._transaction([lease])
+            (claimed,) = self._writes.transaction([lease])
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path.name}: {exc}") from exc
         if not claimed:
@@ -329,7 +229,7 @@ class SqliteStore:
                 rows,
             )
 
-        await self._submit(update)
+        await self._writes.submit(update)
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if not delivery_ids:
@@ -342,7 +242,7 @@ class SqliteStore:
                 [(i,) for i in ids],
             )
 
-        await self._submit(drop)
+        await self._writes.submit(drop)
 
     async def next_due_at(self, target: str) -> float | None:
         rows = self._read(
@@ -383,7 +283,7 @@ class SqliteStore:
                 cur.execute(f"{sql} AND id = ?", (now, now, i)).rowcount for i in delivery_ids
             )
 
-        count: int = await self._submit(revive)
+        count: int = await self._writes.submit(revive)
         return count
 
     async def counts(self) -> dict[str, int]:
@@ -392,11 +292,6 @@ class SqliteStore:
         for state, n in self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
             counts[state] = n
         return counts
-
-
-def _fail(future: asyncio.Future[Any], error: StoreError) -> None:
-    if not future.done():
-        future.set_exception(error)
 
 
 def _event_from_row(row: Sequence[Any]) -> Event:

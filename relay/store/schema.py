@@ -1,0 +1,48 @@
+"""The SQLite store's schema, as numbered migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Each entry brings the schema from the previous version to its own; the file records its
+# version in `PRAGMA user_version`. Append, never edit: operators' files are at every version.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        pk INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        body BLOB NOT NULL,
+        headers TEXT NOT NULL,
+        data_key TEXT,
+        UNIQUE (source, event_id)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        event_pk INTEGER NOT NULL REFERENCES events (pk),
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        first_attempt_at REAL,
+        lease_until REAL NOT NULL DEFAULT 0,
+        last_status INTEGER,
+        last_error TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries (target, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX deliveries_state ON deliveries (state, id);
+    """,
+    "ALTER TABLE events ADD COLUMN created_at REAL;",
+)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the file to the newest schema, one transaction per step."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
+        version = 1  # written before versions were recorded
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
