@@ -19,8 +19,9 @@ import aiohttp
 from aiohttp import web
 
 from relay import __version__, samples
+from relay.addresses import parse_listen
 from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
-from relay.config import Config, parse_listen
+from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
 from relay.preview import (

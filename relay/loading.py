@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from relay.config import Config, Target, WarehouseTarget, split_url
+from relay.addresses import split_url
+from relay.config import Config, Target, WarehouseTarget
 from relay.config_errors import Loc, Problem, describe, format_loc
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError

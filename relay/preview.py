@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from relay import config, samples
+from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivery, Event
 from relay.fields import secret_values
@@ -44,7 +45,7 @@ def redact(request: OutboundRequest, secrets: list[str], target: config.Target) 
     }
     url = request.url
     if isinstance(target, config.SlackTarget):
-        origin, _ = config.split_url(url)
+        origin, _ = split_url(url)
         url = f"{origin}/{REDACTED}"
     return OutboundRequest(request.method, url, headers, request.body)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 
 from relay import __version__, config
+from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivery, Failed, Outcome, Retry
 from relay.ratelimit import RateLimiter
@@ -165,7 +166,7 @@ def build_http_target(
     problems: list[str],
 ) -> HttpTarget:
     yaml_path = f"targets.{name}"
-    origin, rest = config.split_url(target.url)
+    origin, rest = split_url(target.url)
     path: CompiledTemplate | str = rest
     if "{{" in rest or "{%" in rest:
         path = _compile(compiler, rest, f"{yaml_path}.url", problems) or rest

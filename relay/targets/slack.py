@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from relay import config
+from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivered, Failed, Outcome, Retry
 from relay.ratelimit import RateLimiter
@@ -71,7 +72,7 @@ def build_slack_target(
     clock: Callable[[], float],
     problems: list[str],
 ) -> HttpTarget:
-    origin, rest = config.split_url(target.url)
+    origin, rest = split_url(target.url)
     body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
     builder = HttpRequestBuilder(name, "POST", origin, rest, {}, body, None, check_message)
     return HttpTarget(
