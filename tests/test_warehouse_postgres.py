@@ -8,6 +8,7 @@ the same writer through a running relay, faults included.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -157,3 +158,33 @@ def test_duckdb_takes_one_batch_at_a_time() -> None:
     assert config.WarehouseTarget.model_validate(postgres_target).batches_at_once == 2
     with pytest.raises(ValueError, match="DuckDB writes one batch at a time"):
         config.WarehouseTarget.model_validate({**base, "concurrency": 2})
+
+
+async def test_non_finite_doubles_and_awkward_text_go_in_as_they_are(pg: Postgres) -> None:
+    """NaN and infinities, quotes, backslashes, control characters and astral-plane text arrive
+    as themselves; a NUL, which PostgreSQL text cannot hold, fails its own delivery alone."""
+    table = pg.new_table()
+    columns = {"id": "text", "x": "double", "note": "text", "doc": "jsonb"}
+    writer = writer_for(pg, table, columns, ["id"], create_table=True)
+    awkward = 'quote " backslash \\ newline \n tab \t ünï ✓ 😀'
+    try:
+        results = await writer.write(
+            [
+                [("nan", math.nan, awkward, '{"k": "\\"v\\""}')],
+                [("inf", math.inf, "", "[]"), ("-inf", -math.inf, None, "null")],
+                [("nul", 1.0, "a\x00b", None)],
+                [("big", 1.7976931348623157e308, "x", '"text"')],
+            ]
+        )
+    finally:
+        await writer.close()
+    assert results[:2] == [None, None]
+    assert "0x00" in (results[2] or "")
+    assert results[3] is None
+    rows = await pg.fetch(f"SELECT id, x::text, note, doc::text FROM {table} ORDER BY id")
+    assert rows == [
+        ("-inf", "-Infinity", None, "null"),
+        ("big", "1.7976931348623157e+308", "x", '"text"'),
+        ("inf", "Infinity", "", "[]"),
+        ("nan", "NaN", awkward, '{"k": "\\"v\\""}'),
+    ]
