@@ -251,11 +251,13 @@ class WarehouseTarget(Model):
             raise error("key", f"key column(s) not in columns: {', '.join(missing)}")
         return self
 
-    @model_validator(mode="after")
-    def _one_duckdb_writer(self) -> WarehouseTarget:
-        if self.url.startswith("duckdb:///") and self.batches_at_once > 1:
+    @field_validator("concurrency")
+    @classmethod
+    def _one_duckdb_writer(cls, concurrency: int | None, info: ValidationInfo) -> int | None:
+        url = info.data.get("url")
+        if concurrency not in (None, 1) and isinstance(url, str) and url.startswith("duckdb:///"):
             raise error("concurrency", "DuckDB writes one batch at a time: leave it out or set 1")
-        return self
+        return concurrency
 
 
 Target = Annotated[

@@ -407,6 +407,12 @@ CASES: list[tuple[str, str, list[str]]] = [
         "targets: {1: {kind: console}}\n",
         ["targets.1: name must be a string, got an integer; quote it"],
     ),
+    (
+        "two batches at once into one DuckDB file",
+        "targets: {wh: {kind: warehouse, url: 'duckdb:///w.duckdb', table: t, key: [id],"
+        " concurrency: 2, columns: {id: {value: event.id}}}}\n",
+        ["targets.wh.concurrency: DuckDB writes one batch at a time: leave it out or set 1"],
+    ),
 ]
 
 
