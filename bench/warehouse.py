@@ -1,5 +1,5 @@
 """Rows per second into PostgreSQL through relay's warehouse target, against a plain asyncpg
-COPY loop writing the same rows in the same batch size, in one run (about 30-40 s).
+COPY loop writing the same rows in the same batch size, in one run (about 30 s).
 
     .venv/bin/python bench/warehouse.py [--rows N] [--batch B] [--rounds R] [--e2e-events E]
 
@@ -9,13 +9,15 @@ baseline pays for the same index):
 
 - copy:   the baseline. One asyncpg connection, `copy_records_to_table(table, records=batch)`
           for each batch of B rows, one after another. Rows are ready-made Python values.
-- writer: relay's PostgresWriter.write() for the same batches: per batch, in one transaction,
-          binary COPY into a session temp table, then INSERT ... SELECT ... ON CONFLICT (key)
-          DO NOTHING into the target. Same ready-made rows.
+- writer: relay's PostgresWriter.write() for the same ready-made batches, all handed over at
+          once as the Batcher does when they are full: per batch one statement, INSERT ...
+          SELECT ... FROM unnest(one array per column) ON CONFLICT (key) DO NOTHING, relay's
+          default of two batches at once on two connections.
 - target: relay's delivery worker (TargetWorker) and WarehouseTarget for N prepared deliveries
           (events parsed, as the store hands them to a worker), handed out by an in-memory
-          stand-in for the store: claimed groups of up to `concurrency` deliveries, column
-          expressions and type conversion per event, the Batcher (max_rows = B), the writer
+          stand-in for the store: claimed groups of up to one batch (B deliveries), at most
+          `concurrency` in flight, column mapping and type conversion per event, the Batcher
+          (max_rows = B), the writer
           (relay's default of two batches at once), one recorded outcome per delivery.
           Everything relay does per row except the SQLite store's claim and record.
 - target1: the same with `concurrency: 1` (one batch written at a time). Reported, not in
@@ -28,8 +30,9 @@ baseline pays for the same index):
           every row. Ingest, the SQLite store, the client and PostgreSQL share the machine's
           cores: the daemon's figure. Reported, not in the ratio.
 
-Rounds alternate copy, writer, target, replay, map (fresh tables every round); the figures are
-medians. The prepared data is frozen out of the garbage collector's sight (gc.freeze) before
+Rounds run copy, writer, target, replay, target1, map back to back (fresh tables every round);
+the figures are medians, and the ratio within each round is printed too (steadier on a shared
+host). The prepared data is frozen out of the garbage collector's sight (gc.freeze) before
 anything is timed, since a real worker holds only the deliveries in flight. After every run the
 table must hold exactly N rows with N distinct keys, and the rows relay wrote must equal the
 baseline's (md5 over the ordered rows), or the bench fails. PostgreSQL must be on 127.0.0.1
