@@ -188,3 +188,19 @@ async def test_non_finite_doubles_and_awkward_text_go_in_as_they_are(pg: Postgre
         ("inf", "Infinity", "", "[]"),
         ("nan", "NaN", awkward, '{"k": "\\"v\\""}'),
     ]
+
+
+async def test_a_table_fixed_while_relay_runs_is_read_again(pg: Postgres) -> None:
+    """A column of a type the config's cannot become fails the batch; once the operator alters
+    the table, the next batch reads the table again and goes in."""
+    table = pg.new_table()
+    await pg.execute(f"CREATE TABLE {table} (id text UNIQUE, n boolean)")
+    writer = writer_for(pg, table, {"id": "text", "n": "bigint"}, ["id"])
+    try:
+        (refused,) = await writer.write([[("a", 1)]])
+        assert "cannot cast type bigint to boolean" in (refused or "")
+        await pg.execute(f"ALTER TABLE {table} ALTER COLUMN n TYPE bigint USING n::int")
+        assert await writer.write([[("a", 1)]]) == [None]
+    finally:
+        await writer.close()
+    assert await pg.fetch(f"SELECT id, n FROM {table}") == [("a", 1)]

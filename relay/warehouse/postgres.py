@@ -30,6 +30,7 @@ PG_TYPES = {
 # SQLSTATE classes that say "not now" rather than "never": connection exception, insufficient
 # resources, operator intervention (shutdown, restart), transaction rollback (deadlock).
 TRANSIENT_CLASSES = frozenset({"08", "53", "57", "40"})
+SCHEMA_CLASS = "42"  # syntax error or access rule violation: a column's type, say
 
 
 class SchemaProblem(Exception):
@@ -97,6 +98,8 @@ class PostgresWriter:
         except asyncpg.PostgresError as exc:
             if _transient(exc):
                 raise
+            if _sqlstate(exc).startswith(SCHEMA_CLASS):
+                self._insert_sql = None  # the table may be fixed by the next batch: read it again
             if len(batch) == 1:
                 return [_message(exc)]
         results: list[str | None] = []
@@ -199,8 +202,11 @@ def insert_sql(
 
 
 def _transient(exc: asyncpg.PostgresError) -> bool:
-    state = getattr(exc, "sqlstate", None) or ""
-    return state[:2] in TRANSIENT_CLASSES
+    return _sqlstate(exc)[:2] in TRANSIENT_CLASSES
+
+
+def _sqlstate(exc: asyncpg.PostgresError) -> str:
+    return getattr(exc, "sqlstate", None) or ""
 
 
 def _message(exc: asyncpg.PostgresError) -> str:
