@@ -121,9 +121,7 @@ class TargetWorker:
                 "target %s: event %s: unexpected error", self.target.name, delivery.event.id
             )
             outcome = Retry(f"internal error: {exc!r}")
-        results = [self._result(delivery, outcome)]
-        self._count(results)
-        await self._store.record(results)
+        await self._record((delivery,), (outcome,))
 
     async def _attempt_batch(self, target: BatchTarget, deliveries: Sequence[Delivery]) -> None:
         try:
@@ -133,13 +131,14 @@ class TargetWorker:
                 "target %s: %d events: unexpected error", self.target.name, len(deliveries)
             )
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
-        results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
-        self._count(results)
-        await self._store.record(results)
+        await self._record(deliveries, outcomes)
 
-    def _count(self, results: Sequence[AttemptResult]) -> None:
+    async def _record(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
+        """Count and record the outcomes of one attempt or one group, in one store write."""
+        results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
         for state, count in collections.Counter(r.state for r in results).items():
             self._counters[state].inc(count)
+        await self._store.record(results)
 
     def _result(self, delivery: Delivery, outcome: Outcome) -> AttemptResult:
         """What to record for this outcome: delivered, dead, or pending until the next try."""

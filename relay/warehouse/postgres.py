@@ -50,11 +50,10 @@ class PostgresWriter:
     ) -> None:
         self._url = url
         self._table = table
-        self._columns = [name for name, _ in columns]
         self._column_types = list(columns)
         self._create_sql = create_table_sql(table, columns, key, PG_TYPES) if create_table else None
         self._timeout_s = timeout_s
-        self._names = ", ".join(quote(c) for c in self._columns)
+        self._names = ", ".join(quote(name) for name, _ in columns)
         self._key = list(key)
         # One connection per batch written at once; None until first used or after a failure.
         self._idle: list[asyncpg.Connection | None] = [None] * concurrency
