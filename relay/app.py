@@ -20,6 +20,7 @@ from relay.delivery import Dispatcher
 from relay.errors import ConfigError
 from relay.inbound import CompiledSource, Ingest, fallback
 from relay.metrics import Metrics
+from relay.redaction import Redactor, config_secrets
 from relay.render import TemplateCompiler
 from relay.retry import RetryPolicy
 from relay.router import Router, compile_routes
@@ -136,7 +137,8 @@ async def create_app(
         log.warning("%s", warning)
     store = open_store(config.store, clock)
     metrics = Metrics()
-    dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng)
+    redactor = Redactor(config_secrets(config))
+    dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng, redactor)
     ingest = Ingest(
         store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
     )

@@ -18,22 +18,18 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from relay import __version__, samples
+from relay import __version__, logs, samples
 from relay.addresses import parse_listen
 from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
 from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
-from relay.preview import (
-    build_event,
-    check_samples,
-    config_secrets,
-    format_request,
-    preview,
-    redact,
-)
+from relay.preview import build_event, check_samples, format_request, preview
+from relay.redaction import Redactor, config_secrets, redact_request
 from relay.send import post, sign_request
 from relay.store import open_store
+from relay.store.base import DeliveryRecord
+from relay.textsafety import escape_controls
 
 log = logging.getLogger("relay")
 
@@ -43,11 +39,7 @@ INBOUND_DRAIN_S = 5.0  # requests being received when SIGTERM arrives get this l
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, sys.stderr)
     command: int = args.command(args)
     return command
 
@@ -95,10 +87,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(path: Path) -> Config | None:
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return None
+    logs.redact_secrets(config_secrets(config))
+    return config
 
 
 def _print_problems(path: Path, problems: Sequence[str]) -> None:
@@ -159,7 +153,8 @@ def render(args: argparse.Namespace) -> int:
             event = build_event(args.source or "source", sender, payload, now)
             request = preview(compiled.targets[args.target], event, now)
             target_config = config.targets[args.target]
-            return format_request(redact(request, config_secrets(config), target_config))
+            redactor = Redactor(config_secrets(config))
+            return format_request(redact_request(request, redactor, target_config))
 
     try:
         print(asyncio.run(show()))
@@ -235,18 +230,32 @@ def deliveries(args: argparse.Namespace) -> int:
         store = open_store(config.store, time.time)
         await store.open(daemon=False)
         try:
-            for record in await store.deliveries(args.state, args.limit):
-                due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
-                status = record.last_status if record.last_status is not None else "-"
-                print(
-                    f"{record.id}\t{record.state}\t{record.target}\t{record.source}/{record.event_id}"
-                    f"\t{record.event_type}\tattempts={record.attempts}\tstatus={status}"
-                    f"\tdue={due}\t{record.last_error or ''}"
-                )
+            records = await store.deliveries(args.state, args.limit)
         finally:
             await store.close()
+        redactor = Redactor(config_secrets(config))
+        for record in records:
+            print(_delivery_line(record, redactor))
 
     return _store_command(show())
+
+
+def _delivery_line(record: DeliveryRecord, redact: Redactor) -> str:
+    """One tab-separated line; ids, types and errors come from outside, so each is escaped."""
+    due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
+    status = record.last_status if record.last_status is not None else "-"
+    fields = [
+        str(record.id),
+        record.state,
+        record.target,
+        f"{record.source}/{record.event_id}",
+        record.event_type,
+        f"attempts={record.attempts}",
+        f"status={status}",
+        f"due={due}",
+        record.last_error or "",
+    ]
+    return "\t".join(escape_controls(redact(field)) for field in fields)
 
 
 def replay_dead(args: argparse.Namespace) -> int:

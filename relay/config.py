@@ -7,12 +7,14 @@ The top-level keys mirror the architecture: `sources` (inbound), `routes`, `targ
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -299,6 +301,16 @@ class Config(Model):
     sources: dict[str, Source] = Field(default_factory=dict)
     targets: dict[str, Target] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    # Values of `${VAR}` references in credential-bearing fields (headers, urls, secrets,
+    # store), which the loader records so that logs and stored errors never show them.
+    _credentials_from_env: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def credentials_from_env(self) -> tuple[str, ...]:
+        return self._credentials_from_env
+
+    def set_credentials_from_env(self, values: Iterable[str]) -> None:
+        self._credentials_from_env = tuple(dict.fromkeys(values))
 
     @field_validator("listen")
     @classmethod

@@ -18,15 +18,18 @@ from typing import Any
 from relay.errors import StoreError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry
 from relay.metrics import Metrics
+from relay.redaction import NOTHING_TO_REDACT, Redactor
 from relay.retry import GiveUp
 from relay.store.base import AttemptResult, Store
 from relay.targets.base import BatchTarget, Target
+from relay.textsafety import escape_controls
 
 log = logging.getLogger("relay.delivery")
 
 POLL_INTERVAL_S = 1.0  # how often to look for work nobody told us about (retries, replicas)
 MIN_WAIT_S = 0.01
 STORE_ERROR_PAUSE_S = 1.0
+MAX_ERROR_CHARS = 2000  # of a stored error: the start of a target's answer is in it
 
 
 class TargetWorker:
@@ -37,11 +40,13 @@ class TargetWorker:
         metrics: Metrics,
         clock: Callable[[], float],
         rng: Callable[[], float],
+        redact: Redactor = NOTHING_TO_REDACT,
     ) -> None:
         self.target = target
         self._store = store
         self._clock = clock
         self._rng = rng
+        self._redact = redact
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], Sequence[Delivery]] = {}
@@ -72,6 +77,9 @@ class TargetWorker:
                 await self._wait(await self._seconds_until_due())
             except StoreError as exc:
                 log.error("target %s: %s", self.target.name, exc)
+                await self._wait(STORE_ERROR_PAUSE_S)
+            except Exception:  # a bug must not stop this target's deliveries for good
+                log.exception("target %s: unexpected error while claiming", self.target.name)
                 await self._wait(STORE_ERROR_PAUSE_S)
 
     async def _claim(self) -> int:
@@ -134,11 +142,28 @@ class TargetWorker:
         await self._record(deliveries, outcomes)
 
     async def _record(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
-        """Count and record the outcomes of one attempt or one group, in one store write."""
-        results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
+        """Count and record the outcomes of one attempt or one group, in one store write.
+
+        If that fails, the leases are dropped so the deliveries are due again at once rather
+        than when their leases expire (a delivered one may then be sent twice: at least once).
+        """
+        try:
+            results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
+            await self._store.record(results)
+        except Exception as exc:
+            ids = [delivery.id for delivery in deliveries]
+            log.error(
+                "target %s: cannot record the result of deliveries %s (%s); they will be tried"
+                " again",
+                self.target.name,
+                ids,
+                exc,
+            )
+            with contextlib.suppress(Exception):  # the store is failing: the leases expire
+                await self._store.release(ids)
+            return
         for state, count in collections.Counter(r.state for r in results).items():
             self._counters[state].inc(count)
-        await self._store.record(results)
 
     def _result(self, delivery: Delivery, outcome: Outcome) -> AttemptResult:
         """What to record for this outcome: delivered, dead, or pending until the next try."""
@@ -165,11 +190,18 @@ class TargetWorker:
                     "pending",
                     next_attempt_at=decision.at,
                     status=outcome.status,
-                    error=outcome.reason,
+                    error=self._clean(outcome.reason),
                 )
             reason, status = decision.reason, outcome.status
         log.warning("target %s: event %s is dead: %s", name, event_id, reason)
-        return AttemptResult(delivery.id, "dead", status=status, error=reason)
+        return AttemptResult(delivery.id, "dead", status=status, error=self._clean(reason))
+
+    def _clean(self, reason: str) -> str:
+        """An error as stored: secrets cut out, on one line, of bounded length."""
+        text = escape_controls(self._redact(reason))
+        if len(text) > MAX_ERROR_CHARS:
+            text = text[: MAX_ERROR_CHARS - 1] + "…"
+        return text
 
     def stop_claiming(self) -> None:
         self._stopping = True
@@ -203,9 +235,10 @@ class Dispatcher:
         metrics: Metrics,
         clock: Callable[[], float],
         rng: Callable[[], float] = random.random,
+        redact: Redactor = NOTHING_TO_REDACT,
     ) -> None:
         self._workers = {
-            name: TargetWorker(target, store, metrics, clock, rng)
+            name: TargetWorker(target, store, metrics, clock, rng, redact)
             for name, target in targets.items()
         }
         self._deadline: float | None = None

@@ -38,8 +38,12 @@ class BadReference(EnvError):
     """A `${` that does not start a well-formed reference."""
 
 
-def expand(text: str, environ: Mapping[str, str]) -> str:
-    """Expand references in `text`; raise MissingVariable naming every unset variable."""
+def expand(text: str, environ: Mapping[str, str], substituted: list[str] | None = None) -> str:
+    """Expand references in `text`; raise MissingVariable naming every unset variable.
+
+    Each value put in place of a reference is appended to `substituted`, when given: the
+    loader keeps those of credential-bearing fields to redact them wherever they may appear.
+    """
     missing: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
@@ -51,10 +55,12 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
         if default is not None and "${" in default:
             raise BadReference(f'invalid reference "${{{name}": a default cannot contain ${{...}}')
         value = environ.get(name)
-        if value is not None and (value or default is None):
+        if not (value is not None and (value or default is None)):
+            value = default
+        if value is not None:
+            if substituted is not None:
+                substituted.append(value)
             return value
-        if default is not None:
-            return default
         if name not in missing:
             missing.append(name)
         return match.group(0)

@@ -20,6 +20,7 @@ from relay.metrics import Metrics
 from relay.router import Router
 from relay.sources.base import Reader, Verifier
 from relay.store.base import Store
+from relay.textsafety import header_text, identifier_problem
 
 log = logging.getLogger("relay.inbound")
 
@@ -75,6 +76,10 @@ class Ingest:
                 self._metrics.requests.labels(source.name, str(exc.status)).inc()
                 log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
                 return error_response(exc.status, exc.reason)
+            except Exception:  # a bug: answered as JSON, logged once with its traceback
+                self._metrics.requests.labels(source.name, "500").inc()
+                log.exception("source %s: unexpected error while handling a request", source.name)
+                return error_response(500, "relay failed to handle this request; see its log")
             (accepted if response.status == 202 else duplicate).inc()
             return response
 
@@ -83,7 +88,7 @@ class Ingest:
     async def _accept(self, source: CompiledSource, request: web.Request) -> web.Response:
         source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
         body = await _read_body(request, self._max_body_bytes)
-        headers = {name.lower(): value for name, value in request.headers.items()}
+        headers = {name.lower(): header_text(value) for name, value in request.headers.items()}
         if source.verify is not None:
             source.verify(body, headers)
         try:
@@ -91,6 +96,9 @@ class Ingest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InboundError(f"body is not valid JSON: {exc}") from exc
         identity = source.read(source.name, payload, body, headers)
+        problem = identifier_problem("id", identity.id) or identifier_problem("type", identity.type)
+        if problem is not None:
+            raise InboundError(problem)
         event = identity.to_event(source.name, self._clock(), body, payload, headers)
         targets = self._router.targets_for(
             source.name, event.id, event.type, lambda: {"event": event.template_context()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """
     raw = _read_yaml(path)
     problems: list[Problem] = []
-    expanded = _expand_tree(raw, os.environ if environ is None else environ, (), problems)
+    substituted: list[tuple[Loc, str]] = []
+    environ = os.environ if environ is None else environ
+    expanded = _expand_tree(raw, _Expansion(environ, problems, substituted), ())
     unexpanded = {where for where, _ in problems}  # reported once, as the missing variable
     config: Config | None = None
     later: list[Problem] = []
@@ -50,7 +53,11 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     if problems or config is None:
         # Raised outside the `except`: a chained ValidationError would show input values.
         raise ConfigError([f"{where}: {message}" for where, message in problems])
-    return _resolve_paths(config, path.parent)
+    resolved = _resolve_paths(config, path.parent)
+    resolved.set_credentials_from_env(
+        value for loc, value in substituted if _holds_credentials(loc)
+    )
+    return resolved
 
 
 class _Loader(yaml.SafeLoader):
@@ -104,18 +111,39 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return text
 
 
-def _expand_tree(node: Any, environ: Mapping[str, str], loc: Loc, problems: list[Problem]) -> Any:
+@dataclass
+class _Expansion:
+    environ: Mapping[str, str]
+    problems: list[Problem]
+    substituted: list[tuple[Loc, str]]  # (where, value) of each `${VAR}` put in place
+
+
+def _expand_tree(node: Any, expansion: _Expansion, loc: Loc) -> Any:
     if isinstance(node, str):
+        values: list[str] = []
         try:
-            return expand(node, environ)
+            return expand(node, expansion.environ, values)
         except EnvError as exc:
-            problems.append((format_loc(loc), str(exc)))
+            expansion.problems.append((format_loc(loc), str(exc)))
             return node
+        finally:
+            expansion.substituted.extend((loc, value) for value in values)
     if isinstance(node, dict):
-        return {k: _expand_tree(v, environ, (*loc, yaml_key(k)), problems) for k, v in node.items()}
+        return {k: _expand_tree(v, expansion, (*loc, yaml_key(k))) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_tree(v, environ, (*loc, i), problems) for i, v in enumerate(node)]
+        return [_expand_tree(v, expansion, (*loc, i)) for i, v in enumerate(node)]
     return node
+
+
+def _holds_credentials(loc: Loc) -> bool:
+    """Where a `${VAR}` value is a credential: a target's headers or url, any secret, the store.
+
+    A url from the environment is a credential too: a Slack webhook url is its own token, and
+    a database url may carry a password.
+    """
+    if loc[:1] == ("store",) or "secret" in loc:
+        return True
+    return loc[:1] == ("targets",) and len(loc) > 2 and loc[2] in ("headers", "url")
 
 
 def _entries(raw: Mapping[str, Any], section: str) -> Iterator[tuple[str, dict[str, Any]]]:

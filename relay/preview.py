@@ -5,22 +5,16 @@ before deploy rather than as dead deliveries.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from relay import config, samples
-from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivery, Event
-from relay.fields import secret_values
 from relay.router import CompiledRoute
 from relay.send import serialise
 from relay.sources import READERS
 from relay.targets.base import OutboundRequest, Target
-
-REDACTED = "[redacted]"
-_SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|signature|cookie|password", re.I)
 
 
 def build_event(source_name: str, sender: str, payload: Any, now: float) -> Event:
@@ -35,35 +29,6 @@ def build_event(source_name: str, sender: str, payload: Any, now: float) -> Even
 
 def preview(target: Target, event: Event, now: float) -> OutboundRequest:
     return target.preview(Delivery(0, target.name, 1, now, event), now)
-
-
-def redact(request: OutboundRequest, secrets: list[str], target: config.Target) -> OutboundRequest:
-    """Headers that carry credentials, values holding a configured secret, Slack's URL path."""
-    headers = {
-        name: REDACTED if _SENSITIVE_HEADER.search(name) or _holds(value, secrets) else value
-        for name, value in request.headers.items()
-    }
-    url = request.url
-    if isinstance(target, config.SlackTarget):
-        origin, _ = split_url(url)
-        url = f"{origin}/{REDACTED}"
-    return OutboundRequest(request.method, url, headers, request.body)
-
-
-def _holds(value: str, secrets: list[str]) -> bool:
-    return any(secret and secret in value for secret in secrets)
-
-
-def config_secrets(cfg: config.Config) -> list[str]:
-    found: list[str] = []
-    for source in cfg.sources.values():
-        if source.verify is not None:
-            found += secret_values(source.verify.secret)
-    for target in cfg.targets.values():
-        sign = getattr(target, "sign", None)
-        if sign is not None:
-            found.append(sign.secret.get_secret_value())
-    return found
 
 
 def format_request(request: OutboundRequest) -> str:

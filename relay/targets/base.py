@@ -11,6 +11,7 @@ from relay.errors import RenderError
 from relay.events import Delivery, Event, Outcome
 from relay.render import CompiledTemplate, TemplateCompiler
 from relay.retry import RetryPolicy
+from relay.textsafety import encode_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class BodyRenderer:
     def render(self, event: Event, context: Mapping[str, Any]) -> bytes:
         if self.template is None:
             return event.body
-        return self.template.render(context).encode()
+        return encode_utf8(self.template.render(context))
 
 
 def compile_body(

@@ -9,6 +9,7 @@ from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome
 from relay.retry import RetryPolicy
 from relay.targets.base import BodyRenderer, OutboundRequest, template_context
+from relay.textsafety import escape_controls, escape_controls_json
 
 
 class ConsoleTarget:
@@ -39,9 +40,11 @@ class ConsoleTarget:
 
 
 def one_line(body: bytes) -> str:
-    """Compact JSON stays JSON; other text has its line breaks escaped."""
+    """Compact JSON stays JSON; other text has its control characters escaped, so that event
+    data can neither split the line nor drive the terminal that shows it."""
     text = body.decode("utf-8", errors="replace")
     try:
-        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+        compact = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
-        return text.replace("\r", "\\r").replace("\n", "\\n")
+        return escape_controls(text)
+    return escape_controls_json(compact)

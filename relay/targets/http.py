@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 
 import aiohttp
@@ -23,6 +24,9 @@ from relay.targets.base import (
     is_json_content_type,
     template_context,
 )
+from relay.textsafety import header_value_problem
+
+log = logging.getLogger("relay.targets")
 
 USER_AGENT = f"relay/{__version__}"
 ERROR_SNIPPET_CHARS = 200
@@ -75,11 +79,19 @@ class HttpRequestBuilder:
         if self._check_body is not None:
             body = self._check_body(body)
         headers["Relay-Event-Id"] = delivery.event.id
+        self._check_headers(headers)
         headers["Relay-Attempt"] = str(delivery.attempt)
         headers.setdefault("User-Agent", USER_AGENT)
         if self._signer is not None:
             headers.update(self._signer(body, message_id(delivery), int(now)))
         return OutboundRequest(self.method, self._origin + path, headers, body)
+
+    def _check_headers(self, headers: dict[str, str]) -> None:
+        """A value holding CR, LF or NUL would split the request: fail, never send or retry."""
+        for name, value in headers.items():
+            problem = header_value_problem(value)
+            if problem is not None:
+                raise RenderError(f"targets.{self.target_name}: header {name}: the value {problem}")
 
 
 def _get(headers: dict[str, str], name: str) -> str | None:
@@ -121,6 +133,11 @@ class HttpTarget:
             request = self.builder.build(delivery, self._clock())
         except RenderError as exc:
             return Failed(str(exc))
+        except Exception as exc:  # building is pure: it would fail the same way every time
+            log.exception(
+                "target %s: event %s: cannot build the request", self.name, delivery.event.id
+            )
+            return Failed(f"targets.{self.name}: cannot build the request: {exc!r}")
         if self._limiter is not None:
             await self._limiter.acquire()
         try:

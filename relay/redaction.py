@@ -1,0 +1,98 @@
+"""Secrets never leave: configured credentials are cut out of logs, stored errors and output.
+
+A target that echoes its request (the Authorization header, a signature) in an error answer
+would otherwise put the credential into every log line and dead-letter reason about it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from urllib.parse import quote, urlsplit
+
+from relay import config
+from relay.addresses import split_url
+from relay.fields import secret_values
+from relay.targets.base import OutboundRequest
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 4  # shorter values would cut ordinary words out of every message
+SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|signature|cookie|password", re.I)
+
+
+class Redactor:
+    """Replaces every configured secret, as written, JSON-escaped or percent-encoded."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {form for secret in secrets for form in _forms(secret)}
+        forms = {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+        longest_first = sorted(forms, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(REDACTED, text)
+
+
+NOTHING_TO_REDACT = Redactor(())
+
+
+def _forms(secret: str) -> Iterator[str]:
+    yield secret
+    yield json.dumps(secret, ensure_ascii=False)[1:-1]
+    yield json.dumps(secret)[1:-1]
+    yield quote(secret, safe="")
+    if secret.startswith("whsec_"):
+        yield secret.removeprefix("whsec_")
+
+
+def config_secrets(cfg: config.Config) -> list[str]:
+    """Every credential the config holds.
+
+    Verify and signing secrets; header values whose name says credential (Authorization,
+    X-Api-Key, ...); a Slack webhook url's path, which is its token; a database password;
+    and every `${VAR}` value in a target's headers or url, a secret or the store.
+    """
+    found: list[str] = list(cfg.credentials_from_env)
+    for source in cfg.sources.values():
+        if source.verify is not None:
+            found += secret_values(source.verify.secret)
+    for target in cfg.targets.values():
+        found += _target_secrets(target)
+    return found
+
+
+def _target_secrets(target: config.Target) -> Iterator[str]:
+    if isinstance(target, config.HttpTarget):
+        if target.sign is not None:
+            yield target.sign.secret.get_secret_value()
+        for name, value in target.headers.items():
+            if SENSITIVE_HEADER.search(name):
+                yield value
+    if isinstance(target, config.SlackTarget):
+        path = split_url(target.url)[1]
+        if path.strip("/"):
+            yield path
+    if isinstance(target, config.WarehouseTarget):
+        password = urlsplit(target.url).password
+        if password:
+            yield password
+
+
+def redact_request(
+    request: OutboundRequest, redactor: Redactor, target: config.Target
+) -> OutboundRequest:
+    """A request to show: credential headers, values holding a secret, Slack's url path."""
+    headers = {
+        name: REDACTED if SENSITIVE_HEADER.search(name) or redactor(value) != value else value
+        for name, value in request.headers.items()
+    }
+    url = request.url
+    if isinstance(target, config.SlackTarget):
+        origin, _ = split_url(url)
+        url = f"{origin}/{REDACTED}"
+    return OutboundRequest(request.method, url, headers, request.body)
