@@ -15,6 +15,7 @@ from relay.router import CompiledRoute
 from relay.send import serialise
 from relay.sources import READERS
 from relay.targets.base import OutboundRequest, Target
+from relay.textsafety import escape_controls
 
 
 def build_event(source_name: str, sender: str, payload: Any, now: float) -> Event:
@@ -32,9 +33,12 @@ def preview(target: Target, event: Event, now: float) -> OutboundRequest:
 
 
 def format_request(request: OutboundRequest) -> str:
+    """The request as text for a terminal: event data in it cannot drive the terminal."""
     lines = [f"{request.method} {request.url}"]
     lines += [f"{name}: {value}" for name, value in request.headers.items()]
-    return "\n".join([*lines, "", request.body.decode("utf-8", errors="replace")])
+    body = request.body.decode("utf-8", errors="replace")
+    lines += ["", *body.split("\n")]
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def check_samples(

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from relay.sources.base import EventIdentity
 from relay.textsafety import MAX_IDENTIFIER_CHARS
 from tests.conftest import SECRET, ConfigWriter, Relay, StartRelay, hmac_hex
 from tests.receiver import Receiver
@@ -233,3 +234,11 @@ async def test_signed_body_with_hostile_bytes_is_verified_on_the_bytes_received(
         "/hooks/shop", body, headers={"X-Signature": hmac_hex(SECRET, body)}
     )
     assert response.status == 202
+
+
+@pytest.mark.parametrize("created_at", [1e40, -1e40, float("nan"), float("inf")])
+def test_a_sender_time_no_datetime_can_hold_counts_as_absent(created_at: float) -> None:
+    identity = EventIdentity("e1", "t", None, created_at)
+    event = identity.to_event("s", 1_700_000_000.0, b"{}", {}, {})
+    assert event.created_at is None
+    assert event.template_context()["created_at"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from relay.events import Event
@@ -34,8 +35,20 @@ class EventIdentity:
             payload=payload,
             headers=headers,
             data_key=self.data_key,
-            created_at=self.created_at,
+            created_at=plausible_time(self.created_at),
         )
+
+
+# The times a datetime can hold (years 1 to 9999): a sender's timestamp beyond them, or NaN,
+# would fail every template that shows it, so it counts as absent.
+EARLIEST_S = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+LATEST_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def plausible_time(epoch_s: float | None) -> float | None:
+    if epoch_s is not None and EARLIEST_S <= epoch_s <= LATEST_S:
+        return epoch_s
+    return None
 
 
 class Verifier(Protocol):
