@@ -7,8 +7,11 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
+import yarl
+
 from relay.durations import parse_duration
 from relay.fields import error
+from relay.urltemplate import url_text_problem
 
 SQLITE_OPTIONS = {"synchronous": ("normal", "full"), "busy_timeout": None}
 _ORIGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)(.*)$", re.DOTALL)
@@ -21,7 +24,11 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def check_url_origin(url: str) -> None:
-    """Scheme and host are fixed; only the path and query may hold template expressions."""
+    """Scheme and host are fixed; only the path and query may hold template expressions.
+
+    A path and query without any is sent exactly as written, so it must be fit for a URL
+    (a templated one is checked when compiled).
+    """
     origin, rest = split_url(url)
     if "{{" in origin or "{%" in origin:
         raise error(
@@ -34,6 +41,13 @@ def check_url_origin(url: str) -> None:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:
         raise error("url", f'invalid port in "{_url_preview(origin, rest)}"') from None
+    try:
+        yarl.URL(origin)  # as targets send it: an IDN host in punycode
+    except ValueError:
+        raise error("url", f'invalid host in "{_url_preview(origin, rest)}"') from None
+    problem = None if "{{" in rest or "{%" in rest else url_text_problem(rest)
+    if problem is not None:
+        raise error("url", problem)
 
 
 def _url_preview(origin: str, rest: str) -> str:

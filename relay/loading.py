@@ -217,6 +217,8 @@ def _check_templates(raw: Mapping[str, Any], base_dir: Path) -> list[Problem]:
                 compiler.expression(text, where)
             elif kind == "inline":
                 compiler.inline(text, where)
+            elif kind == "url":
+                compiler.url(text, where)
             elif has_dir:
                 compiler.file(text)
         except ValueError as exc:
@@ -225,7 +227,7 @@ def _check_templates(raw: Mapping[str, Any], base_dir: Path) -> list[Problem]:
 
 
 def _template_fields(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """(yaml path, "expression" | "inline" | "file", text) for each template in the tree."""
+    """(yaml path, "expression" | "inline" | "url" | "file", text) per template in the tree."""
     for i, route in _routes(raw):
         if isinstance(route.get("when"), str):
             yield f"routes[{i}].when", "expression", route["when"]
@@ -236,7 +238,7 @@ def _template_fields(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
 def _target_templates(where: str, target: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
     url_rest = split_url(target["url"])[1] if isinstance(target.get("url"), str) else ""
     if "{{" in url_rest or "{%" in url_rest:
-        yield f"{where}.url", "inline", url_rest
+        yield f"{where}.url", "url", url_rest
     headers = target.get("headers")
     for header, value in headers.items() if isinstance(headers, dict) else ():
         if isinstance(value, str):

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import object_type_repr
 
 from relay.errors import RenderError
 from relay.filters import FILTERS
+from relay.urltemplate import URL_FILTERS, finalize, rendered_url_problem, url_text_problem
 
 
 def build_environment(templates_dir: Path) -> SandboxedEnvironment:
@@ -28,6 +30,14 @@ def build_environment(templates_dir: Path) -> SandboxedEnvironment:
         keep_trailing_newline=False,
     )
     env.filters.update(FILTERS)
+    return env
+
+
+def build_url_environment(templates_dir: Path) -> SandboxedEnvironment:
+    """Every expression's output encoded as one path segment or query value (`urltemplate`)."""
+    env = build_environment(templates_dir)
+    env.finalize = finalize
+    env.filters.update(URL_FILTERS)
     return env
 
 
@@ -47,16 +57,42 @@ class CompiledTemplate:
             raise RenderError(f"{self.name}{_line_of(exc, self._template)}: {exc}") from exc
 
 
+class UrlTemplate(CompiledTemplate):
+    """The path and query of a target's url; a rendered URL that cannot be sent as it is
+    fails its delivery here, before any request."""
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        url = super().render(context)
+        problem = rendered_url_problem(url)
+        if problem is not None:
+            raise RenderError(f"{self.name}: the rendered URL cannot be sent: {problem}")
+        return url
+
+
 class TemplateCompiler:
-    """Compiles templates against one environment; errors are ValueError texts for config."""
+    """Compiles templates: urls in their own environment, which encodes every value, the rest
+    in one shared environment. Errors are ValueError texts for config."""
 
     def __init__(self, templates_dir: Path) -> None:
         self.templates_dir = templates_dir
         self.env = build_environment(templates_dir)
+        self.url_env = build_url_environment(templates_dir)
 
     def inline(self, source: str, name: str) -> CompiledTemplate:
         try:
             return CompiledTemplate(self.env.from_string(source), name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
+
+    def url(self, source: str, name: str) -> UrlTemplate:
+        """A url's path and query; its literal text must already be fit for a URL."""
+        try:
+            tree = self.url_env.parse(source)
+            for data in tree.find_all(nodes.TemplateData):
+                problem = url_text_problem(data.data)
+                if problem is not None:
+                    raise ValueError(problem)
+            return UrlTemplate(self.url_env.from_string(tree), name)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
 

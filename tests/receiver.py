@@ -18,6 +18,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float = 0.0  # time.monotonic() on arrival
+    raw_path: str = ""  # the request target as it came on the wire: path and query, undecoded
+    query_items: tuple[tuple[str, str], ...] = ()  # the query as the server parsed it, in order
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Receiver:
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)  # any path, even with "\n"
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -69,6 +71,8 @@ class Receiver:
                     dict(request.headers),
                     body,
                     time.monotonic(),
+                    raw_path=request.raw_path,
+                    query_items=tuple(request.query.items()),
                 )
             )
             self._changed.notify_all()

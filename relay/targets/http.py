@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 import aiohttp
+import yarl
 
 from relay import __version__, config
 from relay.addresses import split_url
@@ -58,7 +59,7 @@ class HttpRequestBuilder:
     ) -> None:
         self.target_name = target_name
         self.method = method
-        self._origin = origin
+        self._origin = wire_origin(origin)
         self._path = path
         self._headers = headers
         self._body = body
@@ -92,6 +93,12 @@ class HttpRequestBuilder:
             problem = header_value_problem(value)
             if problem is not None:
                 raise RenderError(f"targets.{self.target_name}: header {name}: the value {problem}")
+
+
+def wire_origin(origin: str) -> str:
+    """The origin as it goes on the wire (an IDN host in punycode): the path and query are
+    sent exactly as rendered, so the origin in front of them must already be encoded."""
+    return str(yarl.URL(origin))
 
 
 def _get(headers: dict[str, str], name: str) -> str | None:
@@ -143,7 +150,7 @@ class HttpTarget:
         try:
             async with self._session.request(
                 request.method,
-                request.url,
+                yarl.URL(request.url, encoded=True),  # as rendered: no re-quoting, no `..` resolved
                 headers=request.headers,
                 data=request.body,
                 allow_redirects=False,
@@ -186,7 +193,7 @@ def build_http_target(
     origin, rest = split_url(target.url)
     path: CompiledTemplate | str = rest
     if "{{" in rest or "{%" in rest:
-        path = _compile(compiler, rest, f"{yaml_path}.url", problems) or rest
+        path = _compile_url(compiler, rest, f"{yaml_path}.url", problems) or rest
     headers: dict[str, CompiledTemplate] = {}
     for header, value in target.headers.items():
         compiled = _compile(compiler, value, f"{yaml_path}.headers.{header}", problems)
@@ -213,6 +220,16 @@ def _compile(
 ) -> CompiledTemplate | None:
     try:
         return compiler.inline(source, yaml_path)
+    except ValueError as exc:
+        problems.append(f"{yaml_path}: {exc}")
+        return None
+
+
+def _compile_url(
+    compiler: TemplateCompiler, source: str, yaml_path: str, problems: list[str]
+) -> CompiledTemplate | None:
+    try:
+        return compiler.url(source, yaml_path)
     except ValueError as exc:
         problems.append(f"{yaml_path}: {exc}")
         return None
