@@ -18,6 +18,7 @@ from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.metrics import Metrics
 from relay.router import Router
+from relay.server import BodyAbandoned, describe_error
 from relay.sources.base import Reader, Verifier
 from relay.store.base import Store
 
@@ -125,6 +126,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise InboundError(_too_large(limit), 413) from exc
+    except BodyAbandoned as exc:
+        raise InboundError(exc.reason, exc.status) from exc
+    except (web.RequestPayloadError, ConnectionResetError) as exc:
+        status, reason = describe_error(400, exc)  # a malformed body, or the client left
+        raise InboundError(reason, status) from exc
 
 
 def _too_large(limit: int) -> str:
