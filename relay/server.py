@@ -51,7 +51,7 @@ from relay.durations import format_duration
 log = logging.getLogger("relay.server")
 
 RESERVED_FILES = 128  # descriptors left for the store, outbound connections and logs
-CAP_WARNING_EVERY_S = 60.0  # at most one "max_connections reached" warning a minute
+TALLY_WARNING_EVERY_S = 60.0  # connections closed for room or lateness: a warning a minute
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: never sent, but logged and counted
 CLIENT_LEFT = "the client closed the connection before the body was complete"
 
@@ -88,17 +88,44 @@ class Phase(enum.Enum):
 ARRIVING = frozenset({Phase.HEAD, Phase.BODY, Phase.LINGER})
 
 
+class Tally:
+    """Counts one kind of closed connection; warns at the first and then at most once a minute.
+
+    Under a flood of slow or idle connections a line per connection would flood the log.
+    """
+
+    def __init__(self, what: str, clock: Callable[[], float]) -> None:
+        self.what = what
+        self.count = 0
+        self._clock = clock
+        self._warned_at = -math.inf
+
+    def add(self) -> None:
+        self.count += 1
+        now = self._clock()
+        if now - self._warned_at >= TALLY_WARNING_EVERY_S:
+            self._warned_at = now
+            log.warning("%s (%d since start)", self.what, self.count)
+
+
 class Connections:
     """The open connections, in the order to close them when a new one needs room."""
 
-    def __init__(self, max_connections: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, max_connections: int, read_timeout: timedelta, clock: Callable[[], float]
+    ) -> None:
         self.max_connections = max_connections
-        self._clock = clock
         self._open: set[RelayRequestHandler] = set()
         self._idle: dict[RelayRequestHandler, None] = {}  # insertion order: longest first
         self._arriving: dict[RelayRequestHandler, None] = {}
-        self._closed_for_room = 0
-        self._warned_at = -math.inf
+        self.closed_for_room = Tally(
+            f"{self.at_capacity()}: closed the longest-idle or slowest to make room", clock
+        )
+        self.late_heads = Tally(
+            "closed connections whose request head was not complete within "
+            f"{format_duration(read_timeout)} (limits.read_timeout)",
+            clock,
+        )
 
     def counts(self) -> dict[str, int]:
         return {"open": len(self._open), "idle": len(self._idle), "arriving": len(self._arriving)}
@@ -111,7 +138,7 @@ class Connections:
                 return False
             self.forget(victim)
             victim.make_room()
-            self._note_closed_for_room()
+            self.closed_for_room.add()
         self._open.add(connection)
         self._idle[connection] = None
         return True
@@ -133,18 +160,6 @@ class Connections:
 
     def at_capacity(self) -> str:
         return f"relay is at {self.max_connections} open connections (limits.max_connections)"
-
-    def _note_closed_for_room(self) -> None:
-        self._closed_for_room += 1
-        now = self._clock()
-        if now - self._warned_at >= CAP_WARNING_EVERY_S:
-            self._warned_at = now
-            log.warning(
-                "%s: closing the longest-idle or slowest connections to make room "
-                "(%d closed so far)",
-                self.at_capacity(),
-                self._closed_for_room,
-            )
 
 
 class RelayRequestHandler(web.RequestHandler):
@@ -243,7 +258,8 @@ class RelayRequestHandler(web.RequestHandler):
             self._body.set_exception(BodyAbandoned(408, f"request body not complete {within}"))
         elif self._phase is Phase.HEAD:
             peer = self._peer()
-            log.info("connection from %s closed: request head not complete %s", peer, within)
+            log.debug("connection from %s closed: request head not complete %s", peer, within)
+            self._connections.late_heads.add()
             self.force_close()
         elif self._phase is Phase.LINGER:
             self.force_close()
@@ -403,7 +419,8 @@ class RelayRunner(web.AppRunner):
         super().__init__(app, handle_signals=False, shutdown_timeout=shutdown_timeout_s)
         self._limits = limits
         cap = max_connections if max_connections is not None else limits.max_connections
-        self.connections = Connections(cap, asyncio.get_running_loop().time)
+        clock = asyncio.get_running_loop().time
+        self.connections = Connections(cap, limits.read_timeout, clock)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts the app up and freezes it

@@ -20,7 +20,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.config import Limits
-from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
+from relay.server import (
+    RESERVED_FILES,
+    RelayRunner,
+    Tally,
+    connection_cap,
+    raise_open_file_limit,
+)
 from tests.conftest import ConfigWriter, Relay, RelayTestServer, StartRelay
 from tests.rawhttp import RawConnection, parse_head
 from tests.receiver import wait_until
@@ -102,6 +108,7 @@ async def test_a_trickled_head_is_closed_at_the_read_timeout_while_others_are_an
         await answered(relay, f"meanwhile-{number}")
     assert await slow.until_closed() == b"", "a late head gets no answer, only a close"
     assert await trickling < len(head), "relay waited for the whole trickled head"
+    assert relay.connections.late_heads.count == 1
 
 
 async def test_a_trickled_body_is_answered_408_and_nothing_is_stored(
@@ -152,6 +159,19 @@ async def test_an_idle_connection_is_closed_at_the_idle_timeout(
     assert await kept_alive.until_closed() == b""
 
 
+def test_a_tally_warns_at_the_first_and_then_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = 0.0
+    tally = Tally("closed slow connections", lambda: now)
+    for now in (100.0, 101.0, 159.0, 160.0, 161.0):  # noqa: B007 - the clock reads it
+        tally.add()
+    assert caplog.messages == [
+        "closed slow connections (1 since start)",
+        "closed slow connections (4 since start)",
+    ]
+
+
 # -- the connection cap -----------------------------------------------------------------------
 
 
@@ -185,6 +205,7 @@ async def test_at_max_connections_idle_ones_make_room_before_slow_ones(
     await RawConnection.open(relay.client.port)
     assert await slow.until_closed() == b""
     assert not any(newcomer.closed_by_relay() for newcomer in newcomers)
+    assert relay.connections.closed_for_room.count == 3
 
 
 async def test_a_body_still_arriving_makes_room_with_503_and_nothing_is_stored(
