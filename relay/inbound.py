@@ -18,8 +18,8 @@ from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.metrics import Metrics
+from relay.refusals import BodyAbandoned, describe_error
 from relay.router import Router
-from relay.server import BodyAbandoned, describe_error
 from relay.sources.base import Reader, Verifier
 from relay.store.base import Store
 

@@ -22,10 +22,7 @@ on is the new one refused with 503.
 from __future__ import annotations
 
 import asyncio
-import enum
-import json
 import logging
-import math
 import resource
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -33,27 +30,18 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_exceptions import (
-    BadHttpMethod,
-    BadStatusLine,
-    ContentEncodingError,
-    HttpProcessingError,
-    InvalidHeader,
-    InvalidURLError,
-    LineTooLong,
-)
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
 from relay.config import Limits
+from relay.connections import Connections, Phase
 from relay.durations import format_duration
+from relay.refusals import BodyAbandoned, describe_error, refusal
 
 log = logging.getLogger("relay.server")
 
 RESERVED_FILES = 128  # descriptors left for the store, outbound connections and logs
-TALLY_WARNING_EVERY_S = 60.0  # connections closed for room or lateness: a warning a minute
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: never sent, but logged and counted
-CLIENT_LEFT = "the client closed the connection before the body was complete"
 
 AppHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Task = asyncio.Task[None]
@@ -61,105 +49,6 @@ RequestFactory = Callable[
     [RawRequestMessage, StreamReader, web.RequestHandler, AbstractStreamWriter, Task],
     web.BaseRequest,
 ]
-
-
-class BodyAbandoned(TimeoutError):
-    """relay stopped waiting for a request body; the handler reading it answers `status`.
-
-    Set on the body stream. A TimeoutError, so that aiohttp, draining a body nobody read,
-    takes it as the end of that body rather than as a fault.
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class Phase(enum.Enum):
-    IDLE = "idle"
-    HEAD = "head"
-    BODY = "body"
-    BUSY = "busy"
-    LINGER = "linger"
-    CLOSED = "closed"
-
-
-ARRIVING = frozenset({Phase.HEAD, Phase.BODY, Phase.LINGER})
-
-
-class Tally:
-    """Counts one kind of closed connection; warns at the first and then at most once a minute.
-
-    Under a flood of slow or idle connections a line per connection would flood the log.
-    """
-
-    def __init__(self, what: str, clock: Callable[[], float]) -> None:
-        self.what = what
-        self.count = 0
-        self._clock = clock
-        self._warned_at = -math.inf
-
-    def add(self) -> None:
-        self.count += 1
-        now = self._clock()
-        if now - self._warned_at >= TALLY_WARNING_EVERY_S:
-            self._warned_at = now
-            log.warning("%s (%d since start)", self.what, self.count)
-
-
-class Connections:
-    """The open connections, in the order to close them when a new one needs room."""
-
-    def __init__(
-        self, max_connections: int, read_timeout: timedelta, clock: Callable[[], float]
-    ) -> None:
-        self.max_connections = max_connections
-        self._open: set[RelayRequestHandler] = set()
-        self._idle: dict[RelayRequestHandler, None] = {}  # insertion order: longest first
-        self._arriving: dict[RelayRequestHandler, None] = {}
-        self.closed_for_room = Tally(
-            f"{self.at_capacity()}: closed the longest-idle or slowest to make room", clock
-        )
-        self.late_heads = Tally(
-            "closed connections whose request head was not complete within "
-            f"{format_duration(read_timeout)} (limits.read_timeout)",
-            clock,
-        )
-
-    def counts(self) -> dict[str, int]:
-        return {"open": len(self._open), "idle": len(self._idle), "arriving": len(self._arriving)}
-
-    def admit(self, connection: RelayRequestHandler) -> bool:
-        """Make room for a new connection if the cap is reached; False: refuse it."""
-        if len(self._open) >= self.max_connections:
-            victim = next(iter(self._idle or self._arriving), None)
-            if victim is None:
-                return False
-            self.forget(victim)
-            victim.make_room()
-            self.closed_for_room.add()
-        self._open.add(connection)
-        self._idle[connection] = None
-        return True
-
-    def place(self, connection: RelayRequestHandler, phase: Phase) -> None:
-        """File a connection under its phase; one still arriving keeps its place in line."""
-        self._idle.pop(connection, None)
-        if phase in ARRIVING:
-            self._arriving.setdefault(connection, None)
-            return
-        self._arriving.pop(connection, None)
-        if phase is Phase.IDLE:
-            self._idle[connection] = None
-
-    def forget(self, connection: RelayRequestHandler) -> None:
-        self._open.discard(connection)
-        self._idle.pop(connection, None)
-        self._arriving.pop(connection, None)
-
-    def at_capacity(self) -> str:
-        return f"relay is at {self.max_connections} open connections (limits.max_connections)"
 
 
 class RelayRequestHandler(web.RequestHandler):
@@ -308,60 +197,6 @@ class RelayRequestHandler(web.RequestHandler):
             log.debug("connection from %s: %s", self._peer(), describe_error(400, exc)[1])
         else:
             super().log_exception(*args, **kw)
-
-
-def refusal(status: int, phrase: str, reason: str) -> bytes:
-    """A whole answer for a connection no request was read from."""
-    body = json.dumps({"error": reason}).encode()
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-# aiohttp's parse errors whose own text quotes the client's bytes, in words of relay's.
-PARSE_ERRORS: list[tuple[type[HttpProcessingError], str]] = [
-    (LineTooLong, "request line or a header is too long"),
-    (InvalidHeader, "invalid header"),
-    (BadHttpMethod, "invalid method in the request line"),
-    (BadStatusLine, "malformed request line"),
-    (InvalidURLError, "invalid URL in the request line"),
-]
-
-
-def describe_error(status: int, exc: BaseException | None) -> tuple[int, str]:
-    """The status and text for an error aiohttp found, without echoing the client's bytes."""
-    if isinstance(exc, ConnectionResetError):  # the body's end, when the client leaves
-        return CLIENT_CLOSED_REQUEST, CLIENT_LEFT
-    if isinstance(exc, web.RequestPayloadError):
-        return 400, _body_error(exc)
-    if isinstance(exc, ContentEncodingError):  # found in the head: an encoding aiohttp lacks
-        return 415, "Content-Encoding is not supported: send the body as is, gzip or deflate"
-    if isinstance(exc, BadHttpMethod) and "HTTPS" in exc.message:
-        return 400, "HTTPS sent to a plain HTTP port"
-    if isinstance(exc, HttpProcessingError):
-        known = (text for kind, text in PARSE_ERRORS if isinstance(exc, kind))
-        return 400, next(known, None) or f"malformed request: {_reason(exc.message)}"
-    if status == 504:
-        return 504, "relay timed out handling the request"
-    return 500, "relay failed to handle the request; its log says why"
-
-
-def _body_error(exc: web.RequestPayloadError) -> str:
-    cause = exc.__cause__
-    if isinstance(cause, ContentEncodingError):
-        return "body does not decode as its Content-Encoding says"
-    if isinstance(cause, HttpProcessingError):
-        return f"malformed body: {_reason(cause.message)}"
-    return "malformed body"
-
-
-def _reason(message: str) -> str:
-    """llhttp's reason: the text before it quotes the offending bytes, printable ASCII only."""
-    lines = message.split(":\n", 1)[0].strip().splitlines()
-    text = "".join(c if " " <= c <= "~" else "?" for c in (lines[0] if lines else ""))
-    return text[:120] or "bad request"
 
 
 class RelayServer(web.Server):

@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import STORE, create_app
 from relay.config import Config, Limits
+from relay.connections import Connections
 from relay.loading import load_config
-from relay.server import Connections, RelayRunner
+from relay.server import RelayRunner
 from relay.store.base import DeliveryRecord, Store
 from tests.receiver import Receiver
 

@@ -20,13 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.config import Limits
-from relay.server import (
-    RESERVED_FILES,
-    RelayRunner,
-    Tally,
-    connection_cap,
-    raise_open_file_limit,
-)
+from relay.connections import Connections, Phase, Tally
+from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
 from tests.conftest import ConfigWriter, Relay, RelayTestServer, StartRelay
 from tests.rawhttp import RawConnection, parse_head
 from tests.receiver import wait_until
@@ -157,6 +152,39 @@ async def test_an_idle_connection_is_closed_at_the_idle_timeout(
     assert (await kept_alive.response()).status == 202
     assert await silent.until_closed() == b""
     assert await kept_alive.until_closed() == b""
+
+
+class Fake:
+    """A connection that records being closed to make room."""
+
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self.name = name
+        self.closed = closed
+
+    def make_room(self) -> None:
+        self.closed.append(self.name)
+
+
+def test_room_is_made_by_the_longest_idle_then_the_longest_arriving_else_refused() -> None:
+    closed: list[str] = []
+    connections = Connections(3, timedelta(seconds=15), lambda: 0.0)
+    a, b, c, d, e, f, g = (Fake(name, closed) for name in "abcdefg")
+    for connection in (a, b, c):
+        assert connections.admit(connection)
+    connections.place(a, Phase.HEAD)  # a is arriving since before b
+    connections.place(b, Phase.BUSY)  # b's request is in: never closed for room
+    connections.place(c, Phase.IDLE)
+    assert connections.admit(d)  # c, the only idle one
+    connections.place(d, Phase.HEAD)
+    connections.place(a, Phase.BODY)  # from head to body, a keeps its place in line
+    assert connections.admit(e)  # a, arriving longest
+    connections.place(e, Phase.BUSY)
+    assert connections.admit(f)  # d
+    connections.place(f, Phase.BUSY)
+    assert not connections.admit(g)  # b, e, f are all busy
+    assert closed == ["c", "a", "d"]
+    assert connections.counts() == {"open": 3, "idle": 0, "arriving": 0}
+    assert connections.closed_for_room.count == 3
 
 
 def test_a_tally_warns_at_the_first_and_then_at_most_once_a_minute(
