@@ -9,23 +9,24 @@ aiohttp generates byte for byte, so a change inside aiohttp fails loudly).
 
 Each connection is in one phase at a time:
 
-    idle ─first byte─▶ head ─head parsed─▶ body ─body complete─▶ busy ─answered─▶ idle
-                                            └─answered before the body was in─▶ linger ─▶ idle
+    idle ─first byte─▶ head ─head parsed─▶ body ─answered─▶ idle
+                                             └─answered before the body was in─▶ linger ─▶ idle
 
 `limits.read_timeout` runs from a request's first byte until its body is complete: a late head
-closes the connection, a late body is answered 408, a late linger closes the connection. At
-`limits.max_connections` a new connection closes the longest-idle one, else the one whose
-request has been arriving longest; only when every connection holds a request relay is working
-on is the new one refused with 503.
+closes the connection, a late body is answered 408, a late linger closes the connection. The
+server checks deadlines a few times per read_timeout rather than arming a timer per request
+(which cost ~10 us a request). At `limits.max_connections` a new connection closes the
+longest-idle one, else the one whose request has been arriving longest; only when every
+connection holds a request relay is working on is the new one refused with 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import resource
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -35,13 +36,14 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
 from relay.config import Limits
-from relay.connections import Connections, Phase
+from relay.connections import Connections
 from relay.durations import format_duration
 from relay.refusals import BodyAbandoned, describe_error, refusal
 
 log = logging.getLogger("relay.server")
 
 RESERVED_FILES = 128  # descriptors left for the store, outbound connections and logs
+DEADLINE_CHECKS_PER_TIMEOUT = 10  # a request is closed or answered 408 within 10% past it
 
 AppHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Task = asyncio.Task[None]
@@ -49,6 +51,14 @@ RequestFactory = Callable[
     [RawRequestMessage, StreamReader, web.RequestHandler, AbstractStreamWriter, Task],
     web.BaseRequest,
 ]
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"  # the head is parsed: the body is arriving, or relay is working on the request
+    LINGER = "linger"
+    CLOSED = "closed"
 
 
 class RelayRequestHandler(web.RequestHandler):
@@ -60,16 +70,12 @@ class RelayRequestHandler(web.RequestHandler):
         *,
         loop: asyncio.AbstractEventLoop,
         connections: Connections,
-        read_timeout: timedelta,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, loop=loop, **kwargs)
-        self._timers = loop
         self._connections = connections
-        self._read_timeout = read_timeout
         self._phase = Phase.IDLE
         self._body: StreamReader | None = None
-        self._deadline: asyncio.TimerHandle | None = None
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -85,66 +91,60 @@ class RelayRequestHandler(web.RequestHandler):
         self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._enter(Phase.CLOSED)
+        self._phase = Phase.CLOSED
+        self._connections.forget(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and self._phase is Phase.IDLE:
-            self._enter(Phase.HEAD)
-            self._start_deadline()
+        if self._phase is Phase.IDLE and data:
+            self._phase = Phase.HEAD
+            self._connections.now_arriving(self)
         super().data_received(data)
 
     def request_started(self, body: StreamReader) -> None:
         """A request's head is parsed and `body` is its body (pipelined requests start here)."""
         if self._phase is Phase.CLOSED:
             return
-        if self._phase is not Phase.HEAD:
-            self._start_deadline()
+        if self._phase is not Phase.HEAD:  # its bytes came while the one before was handled
+            self._connections.now_arriving(self)
+        self._phase = Phase.BODY
         self._body = body
-        self._enter(Phase.BODY)
-        body.on_eof(self._body_complete)
-
-    def _body_complete(self) -> None:
-        self._cancel_deadline()
-        self._enter(Phase.IDLE if self._phase is Phase.LINGER else Phase.BUSY)
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
-        if self._phase is Phase.BUSY:
-            self._enter(Phase.IDLE)
-        elif self._phase is Phase.BODY:
-            self._enter(Phase.LINGER)
+        if self._phase is Phase.BODY:
+            self._answered(self._body)
         return answered
 
-    def _enter(self, phase: Phase) -> None:
-        if self._phase is Phase.CLOSED:
-            return
-        self._phase = phase
-        if phase is Phase.CLOSED:
-            self._cancel_deadline()
-            self._connections.forget(self)
-        else:
-            self._connections.place(self, phase)
+    def _answered(self, body: StreamReader | None) -> None:
+        if body is None or body.is_eof():
+            self._phase = Phase.IDLE
+            self._connections.now_idle(self)
+        else:  # answered before the body was in: aiohttp reads the rest, within the deadline
+            self._phase = Phase.LINGER
+            self._connections.now_arriving(self)
+            body.on_eof(self._linger_done)
+
+    def _linger_done(self) -> None:
+        if self._phase is Phase.LINGER:
+            self._phase = Phase.IDLE
+            self._connections.now_idle(self)
+
+    def _body_arriving(self) -> StreamReader | None:
+        body = self._body
+        if self._phase is Phase.BODY and body is not None and not body.is_eof():
+            return body
+        return None
 
     # -- the read deadline, and making room -------------------------------------------------
 
-    def _start_deadline(self) -> None:
-        self._cancel_deadline()
-        delay_s = self._read_timeout.total_seconds()
-        self._deadline = self._timers.call_later(delay_s, self._deadline_passed)
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _deadline_passed(self) -> None:
-        self._deadline = None
-        within = f"within {format_duration(self._read_timeout)} (limits.read_timeout)"
-        if self._phase is Phase.BODY and self._body is not None:
-            self._body.set_exception(BodyAbandoned(408, f"request body not complete {within}"))
+    def read_deadline_passed(self) -> None:
+        within = f"within {format_duration(self._connections.read_timeout)} (limits.read_timeout)"
+        body = self._body_arriving()
+        if body is not None:
+            body.set_exception(BodyAbandoned(408, f"request body not complete {within}"))
         elif self._phase is Phase.HEAD:
             peer = self._peer()
             log.debug("connection from %s closed: request head not complete %s", peer, within)
@@ -153,16 +153,20 @@ class RelayRequestHandler(web.RequestHandler):
         elif self._phase is Phase.LINGER:
             self.force_close()
 
-    def make_room(self) -> None:
+    def make_room(self) -> bool:
         """Close this connection for a new one; a request still arriving is answered 503."""
-        phase, self._phase = self._phase, Phase.CLOSED
-        self._cancel_deadline()
-        log.debug("connection from %s closed while %s, to make room", self._peer(), phase.value)
-        if phase is Phase.BODY and self._body is not None:
+        body = self._body_arriving()
+        if self._phase is Phase.BODY and body is None:
+            return False  # the request is in: relay is working on it
+        phase = self._phase.value
+        log.debug("connection from %s closed while %s, to make room", self._peer(), phase)
+        self._phase = Phase.CLOSED
+        if body is not None:
             reason = f"{self._connections.at_capacity()}; retry later"
-            self._body.set_exception(BodyAbandoned(503, reason))
+            body.set_exception(BodyAbandoned(503, reason))
         else:
             self.force_close()
+        return True
 
     def _peer(self) -> str:
         peer = self.peername
@@ -200,7 +204,8 @@ class RelayRequestHandler(web.RequestHandler):
 
 
 class RelayServer(web.Server):
-    """aiohttp's Server, making RelayRequestHandlers and telling them when a request starts."""
+    """aiohttp's Server, making RelayRequestHandlers, telling them when a request starts, and
+    checking read deadlines a few times per read_timeout (at most a second apart)."""
 
     def __init__(
         self,
@@ -208,22 +213,22 @@ class RelayServer(web.Server):
         *,
         request_factory: RequestFactory,
         connections: Connections,
-        read_timeout: timedelta,
         **handler_options: Any,
     ) -> None:
         super().__init__(handler, request_factory=self._start_request)
         self._make_request_of_app = request_factory
         self._open_connections = connections
-        self._read_timeout = read_timeout
         self._handler_options = handler_options
         self._running_loop = asyncio.get_running_loop()
+        read_timeout_s = connections.read_timeout.total_seconds()
+        self._check_every_s = min(1.0, max(0.01, read_timeout_s / DEADLINE_CHECKS_PER_TIMEOUT))
+        self._check = self._running_loop.call_later(self._check_every_s, self._check_deadlines)
 
     def __call__(self) -> RelayRequestHandler:
         return RelayRequestHandler(
             self,
             loop=self._running_loop,
             connections=self._open_connections,
-            read_timeout=self._read_timeout,
             **self._handler_options,
         )
 
@@ -238,6 +243,14 @@ class RelayServer(web.Server):
         if isinstance(protocol, RelayRequestHandler):
             protocol.request_started(payload)
         return self._make_request_of_app(message, payload, protocol, writer, task)
+
+    def _check_deadlines(self) -> None:
+        self._open_connections.check_deadlines()
+        self._check = self._running_loop.call_later(self._check_every_s, self._check_deadlines)
+
+    def pre_shutdown(self) -> None:
+        self._check.cancel()
+        super().pre_shutdown()
 
 
 class RelayRunner(web.AppRunner):
@@ -263,7 +276,6 @@ class RelayRunner(web.AppRunner):
             plain.request_handler,
             request_factory=plain.request_factory,
             connections=self.connections,
-            read_timeout=self._limits.read_timeout,
             keepalive_timeout=self._limits.idle_timeout.total_seconds(),
             access_log=None,
         )

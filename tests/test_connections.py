@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.config import Limits
-from relay.connections import Connections, Phase, Tally
+from relay.connections import Connections, Tally
 from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
 from tests.conftest import ConfigWriter, Relay, RelayTestServer, StartRelay
 from tests.rawhttp import RawConnection, parse_head
@@ -155,36 +155,73 @@ async def test_an_idle_connection_is_closed_at_the_idle_timeout(
 
 
 class Fake:
-    """A connection that records being closed to make room."""
+    """A connection that records what it was told; `busy`: relay is working on its request."""
 
-    def __init__(self, name: str, closed: list[str]) -> None:
+    def __init__(self, name: str, told: list[str]) -> None:
         self.name = name
-        self.closed = closed
+        self.told = told
+        self.busy = False
 
-    def make_room(self) -> None:
-        self.closed.append(self.name)
+    def make_room(self) -> bool:
+        if self.busy:
+            return False
+        self.told.append(f"{self.name} closed")
+        return True
+
+    def read_deadline_passed(self) -> None:
+        self.told.append(f"{self.name} late")
 
 
 def test_room_is_made_by_the_longest_idle_then_the_longest_arriving_else_refused() -> None:
-    closed: list[str] = []
+    told: list[str] = []
     connections = Connections(3, timedelta(seconds=15), lambda: 0.0)
-    a, b, c, d, e, f, g = (Fake(name, closed) for name in "abcdefg")
+    a, b, c, d, e, f, g = (Fake(name, told) for name in "abcdefg")
     for connection in (a, b, c):
         assert connections.admit(connection)
-    connections.place(a, Phase.HEAD)  # a is arriving since before b
-    connections.place(b, Phase.BUSY)  # b's request is in: never closed for room
-    connections.place(c, Phase.IDLE)
+    connections.now_arriving(a)
+    connections.now_arriving(b)
+    b.busy = True  # b's request is in: it is never closed for room
     assert connections.admit(d)  # c, the only idle one
-    connections.place(d, Phase.HEAD)
-    connections.place(a, Phase.BODY)  # from head to body, a keeps its place in line
+    connections.now_arriving(d)
+    connections.now_arriving(a)  # a's body starts: a keeps its place in line
     assert connections.admit(e)  # a, arriving longest
-    connections.place(e, Phase.BUSY)
-    assert connections.admit(f)  # d
-    connections.place(f, Phase.BUSY)
+    connections.now_arriving(e)
+    e.busy = True
+    assert connections.admit(f)  # b is busy: d
+    connections.now_arriving(f)
+    f.busy = True
     assert not connections.admit(g)  # b, e, f are all busy
-    assert closed == ["c", "a", "d"]
+    assert told == ["c closed", "a closed", "d closed"]
     assert connections.counts() == {"open": 3, "idle": 0, "arriving": 0}
     assert connections.closed_for_room.count == 3
+    b.busy = False  # b answered: idle, the next newcomer may close it
+    connections.now_idle(b)
+    assert connections.admit(g)
+    assert told[-1] == "b closed"
+
+
+def test_read_deadlines_reach_the_connections_whose_request_began_long_enough_ago() -> None:
+    told: list[str] = []
+    now = 0.0
+    connections = Connections(10, timedelta(seconds=15), lambda: now)
+    a, b, c = (Fake(name, told) for name in "abc")
+    for connection in (a, b, c):
+        connections.admit(connection)
+    connections.now_arriving(a)
+    now = 5.0
+    connections.now_arriving(b)
+    now = 10.0
+    connections.now_arriving(a)  # still the same request: it began at 0
+    connections.check_deadlines()
+    assert told == []
+    now = 15.0
+    connections.check_deadlines()
+    assert told == ["a late"]
+    connections.now_idle(b)  # answered in time
+    now = 100.0
+    connections.check_deadlines()
+    assert told == ["a late"]
+    assert connections.counts() == {"open": 3, "idle": 2, "arriving": 0}
 
 
 def test_a_tally_warns_at_the_first_and_then_at_most_once_a_minute(
