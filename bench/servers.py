@@ -5,7 +5,8 @@
             values; GET /stats tells how many arrived and when the last new one did (on the
             monotonic clock, which every process of this machine shares).
 
-Both stop on SIGTERM or SIGINT, or by themselves after --max-s seconds.
+Both stop on SIGTERM or SIGINT, or by themselves after --max-s seconds. `--server relay` serves
+them through relay's own runner (bench/server_overhead.py compares the two).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import time
 
 import uvloop
 from aiohttp import web
+
+from relay.config import Limits
+from relay.server import RelayRunner
 
 
 async def bare_handler(request: web.Request) -> web.Response:
@@ -71,8 +75,15 @@ def build_app(kind: str) -> web.Application:
     return app
 
 
-async def serve(kind: str, port: int, max_s: float) -> None:
-    runner = web.AppRunner(build_app(kind), access_log=None, handle_signals=False)
+def build_runner(app: web.Application, server: str) -> web.AppRunner:
+    """aiohttp's own runner, or relay's (read deadline, connection cap, JSON refusals)."""
+    if server == "relay":
+        return RelayRunner(app, Limits())
+    return web.AppRunner(app, access_log=None, handle_signals=False)
+
+
+async def serve(kind: str, port: int, max_s: float, server: str = "aiohttp") -> None:
+    runner = build_runner(build_app(kind), server)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,9 +105,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-s", type=float, default=300.0, help="stop by itself after this")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--server", choices=["aiohttp", "relay"], default="aiohttp")
     args = parser.parse_args()
     run = uvloop.run if args.loop == "uvloop" else asyncio.run
-    run(serve(args.kind, args.port, args.max_s))
+    run(serve(args.kind, args.port, args.max_s, args.server))
 
 
 if __name__ == "__main__":

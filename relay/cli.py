@@ -27,6 +27,7 @@ from relay.loading import load_config
 from relay.preview import build_event, check_samples, format_request, preview
 from relay.redaction import Redactor, config_secrets, redact_request
 from relay.send import post, sign_request
+from relay.server import RelayRunner, connection_cap, raise_open_file_limit
 from relay.store import open_store
 from relay.store.base import DeliveryRecord
 from relay.textsafety import escape_controls
@@ -194,8 +195,11 @@ def _run_loop(coro: object) -> None:
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period."""
     app = await create_app(config)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=INBOUND_DRAIN_S
+    runner = RelayRunner(
+        app,
+        config.limits,
+        max_connections=_connection_cap(config.limits.max_connections),
+        shutdown_timeout_s=INBOUND_DRAIN_S,
     )
     await runner.setup()
     # Everything built so far lives as long as the process: keep it out of the collector's
@@ -219,6 +223,24 @@ async def serve(config: Config) -> None:
         await runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)
     log.info("stopped")
+
+
+def _connection_cap(max_connections: int) -> int:
+    """Raise the open-file limit as far as allowed; max_connections must fit below it."""
+    before, open_files = raise_open_file_limit()
+    if open_files != before:
+        log.info("open-file limit raised from %d to %d", before, open_files)
+    else:
+        log.info("open-file limit %d", open_files)
+    cap = connection_cap(max_connections, open_files)
+    if cap < max_connections:
+        log.warning(
+            "limits.max_connections %d does not fit the open-file limit %d: serving at most %d",
+            max_connections,
+            open_files,
+            cap,
+        )
+    return cap
 
 
 def deliveries(args: argparse.Namespace) -> int:

@@ -290,7 +290,12 @@ class Route(Model):
 
 
 class Limits(Model):
-    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    """What one client may take from relay; README's Limits section says what exceeding gives."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1)  # counted after Content-Encoding
+    read_timeout: Duration = timedelta(seconds=15)  # a request's head and body, from its first byte
+    idle_timeout: Duration = timedelta(seconds=75)  # a keep-alive connection with no request
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class Config(Model):

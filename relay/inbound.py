@@ -11,12 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.metrics import Metrics
+from relay.refusals import BodyAbandoned, describe_error
 from relay.router import Router
 from relay.sources.base import Reader, Verifier
 from relay.store.base import Store
@@ -25,6 +27,8 @@ from relay.textsafety import header_text, identifier_problem
 log = logging.getLogger("relay.inbound")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +130,39 @@ def _answer(status: int, body: bytes) -> web.Response:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The app's client_max_size is the same limit, so read() refuses a body that lies."""
+    """The body as the sender serialised it: gzip and deflate are decoded (by aiohttp).
+
+    The app's client_max_size is the same limit, counted on the decoded bytes, so read()
+    refuses a body that lies about its length or inflates past it.
+    """
+    encoding = _content_encoding(request)
     if request.content_length is not None and request.content_length > limit:
         raise InboundError(_too_large(limit), 413)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise InboundError(_too_large(limit), 413) from exc
+    except BodyAbandoned as exc:
+        raise InboundError(exc.reason, exc.status) from exc
+    except (web.RequestPayloadError, ConnectionResetError) as exc:
+        if isinstance(exc.__cause__, ContentEncodingError):
+            reason = f"body is not valid {encoding} (Content-Encoding: {encoding})"
+            raise InboundError(reason) from exc
+        status, reason = describe_error(400, exc)  # a malformed body, or the client left
+        raise InboundError(reason, status) from exc
+
+
+def _content_encoding(request: web.Request) -> str:
+    """The body's Content-Encoding, if it is one relay decodes; else 415."""
+    value = request.headers.get(hdrs.CONTENT_ENCODING, "identity")
+    encoding = value.strip().lower()
+    if encoding not in DECODED_ENCODINGS:
+        raise InboundError(
+            f"Content-Encoding {value[:40]!r} is not supported: send the body as is, "
+            "gzip or deflate",
+            415,
+        )
+    return encoding
 
 
 def _too_large(limit: int) -> str:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import STORE, create_app
-from relay.config import Config
+from relay.config import Config, Limits
+from relay.connections import Connections
 from relay.loading import load_config
+from relay.server import RelayRunner
 from relay.store.base import DeliveryRecord, Store
 from tests.receiver import Receiver
 
@@ -86,6 +88,12 @@ class Relay:
             all_headers[header] = hmac_hex(secret, raw)
         return await self.client.post(path, data=raw, headers=all_headers)
 
+    @property
+    def connections(self) -> Connections:
+        runner = self.client.server.runner
+        assert isinstance(runner, RelayRunner)
+        return runner.connections
+
     async def counts(self) -> dict[str, int]:
         return await self.store.counts()
 
@@ -105,6 +113,17 @@ class Relay:
             await asyncio.sleep(0.01)
 
 
+class RelayTestServer(TestServer):
+    """A TestServer serving through relay's own runner, as `relay run` does."""
+
+    def __init__(self, app: web.Application, limits: Limits) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.limits = limits
+
+    async def _make_runner(self, **kwargs: Any) -> RelayRunner:
+        return RelayRunner(self.app, self.limits)
+
+
 StartRelay = Callable[..., Awaitable[Relay]]
 
 
@@ -116,7 +135,7 @@ async def start_relay() -> AsyncIterator[StartRelay]:
         config = load_config(config_path)
         out = io.StringIO()
         app = await create_app(config, out=out, **options)
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        client: TestClient[Any, Any] = TestClient(RelayTestServer(app, config.limits))
         await client.start_server()
         clients.append(client)
         return Relay(client, config, out)

@@ -114,7 +114,10 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "unknown nested key lists the valid keys",
         "limits: {max_body_bytes: 10, max_headers: 5}\n",
-        ["limits.max_headers: unknown key; valid keys here: max_body_bytes"],
+        [
+            "limits.max_headers: unknown key; valid keys here: max_body_bytes, read_timeout, "
+            "idle_timeout, max_connections"
+        ],
     ),
     (
         "unknown key in retry, with a suggestion",
