@@ -138,7 +138,10 @@ class TargetWorker:
         results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
         for state, count in collections.Counter(r.state for r in results).items():
             self._counters[state].inc(count)
-        await self._store.record(results)
+        try:
+            await self._store.record(results)
+        except StoreError as exc:  # the leases run out and the deliveries are tried again
+            log.error("target %s: %d results not recorded: %s", self.target.name, len(results), exc)
 
     def _result(self, delivery: Delivery, outcome: Outcome) -> AttemptResult:
         """What to record for this outcome: delivered, dead, or pending until the next try."""

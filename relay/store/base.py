@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from relay.errors import StoreError
 from relay.events import Delivery, Event
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -93,4 +94,9 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Number of events and of deliveries in each state."""
+        ...
+
+    async def wait_failed(self) -> StoreError:
+        """Return once the store can no longer be used (its file was deleted, replaced or is
+        corrupt): it then refuses every read and write, and the daemon should exit."""
         ...
