@@ -21,6 +21,7 @@ from relay.errors import ConfigError
 from relay.inbound import CompiledSource, Ingest, fallback
 from relay.metrics import Metrics
 from relay.render import TemplateCompiler
+from relay.retention import PURGE_INTERVAL_S, Purger, retention_from
 from relay.retry import RetryPolicy
 from relay.router import Router, compile_routes
 from relay.sources import READERS, build_verifier
@@ -122,6 +123,7 @@ async def create_app(
     rng: Callable[[], float] = random.random,
     out: TextIO | None = None,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    purge_interval_s: float = PURGE_INTERVAL_S,
 ) -> web.Application:
     """Build the whole daemon as one aiohttp app; resources open and close in cleanup_ctx."""
     session = aiohttp.ClientSession(
@@ -137,6 +139,7 @@ async def create_app(
     store = open_store(config.store, clock)
     metrics = Metrics()
     dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng)
+    purger = Purger(store, retention_from(config.retention), metrics, purge_interval_s)
     ingest = Ingest(
         store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
     )
@@ -166,7 +169,9 @@ async def create_app(
             await session.close()
             raise
         dispatcher.start()
+        purger.start()
         yield
+        await purger.stop()
         await dispatcher.stop(shutdown_grace_s)
         for target in compiled.targets.values():
             await target.close()

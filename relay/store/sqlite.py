@@ -24,6 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -37,6 +38,7 @@ from relay.store.base import (
     DeliveryRecord,
     DeliveryState,
     IngestResult,
+    Retention,
 )
 from relay.store.checkpoint import Checkpointer
 from relay.store.groupcommit import GroupCommit
@@ -48,6 +50,7 @@ from relay.store.health import (
     lost_message,
     lost_reason,
 )
+from relay.store.purge import BATCH_EVENTS, Batch, Walk, purge_batch
 from relay.store.schema import migrate
 
 log = logging.getLogger("relay.store")
@@ -55,6 +58,7 @@ log = logging.getLogger("relay.store")
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
+PURGE_REST_RATIO = 1.0  # retention rests this many times as long as each batch took
 
 
 class SqliteStore:
@@ -81,6 +85,7 @@ class SqliteStore:
         self._file_check: asyncio.Task[None] | None = None
         self._copy: asyncio.Future[bool] | None = None
         self._side_files: dict[Path, FileIdentity] = {}  # the WAL and its index, as opened
+        self._walk = Walk()
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
@@ -401,6 +406,24 @@ class SqliteStore:
         for state, n in self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
             counts[state] = n
         return counts
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def purge(self, retention: Retention, batch_events: int = BATCH_EVENTS) -> int:
+        """One pass, each batch a write of its own that ingests share; after each batch the
+        pass rests as long as the batch took, so that it never has more than half the loop."""
+        now = self._clock()
+        walk, purged = self._walk.start(now), 0
+        while True:
+            op = partial(purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
+            batch: Batch = await self._writes.submit(op)
+            purged += batch.purged
+            walk = batch.walk
+            if batch.done:
+                break
+            await asyncio.sleep(batch.took_s * PURGE_REST_RATIO)
+        self._walk = walk
+        return purged
 
 
 def _event_from_row(row: Sequence[Any]) -> Event:
