@@ -9,8 +9,9 @@ An exclusive lock file keeps a second relay process off the same database, which
 releasing all leases at start-up safe.
 
 A store whose file is deleted, replaced or corrupt fails for good (see health.py): a daemon
-checks the file at start (`PRAGMA quick_check`, ~0.25 s per 200 MB) and every second after
-that checks that its path still names the file it opened.
+checks the file at start (`PRAGMA quick_check`: 0.2-0.3 s for 218 MB in the page cache,
+seconds read cold) and every second after that checks that its path still names the file it
+opened.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ log = logging.getLogger("relay.store")
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
-PURGE_REST_RATIO = 1.0  # retention rests this many times as long as each batch took
+PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
 
 
 class SqliteStore:
@@ -411,7 +412,8 @@ class SqliteStore:
 
     async def purge(self, retention: Retention, batch_events: int = BATCH_EVENTS) -> int:
         """One pass, each batch a write of its own that ingests share; after each batch the
-        pass rests as long as the batch took, so that it never has more than half the loop."""
+        pass rests three times as long as the batch took, so that it never has more than a
+        quarter of the loop (the WAL it writes costs checkpoints too: docs/benchmarks.md)."""
         now = self._clock()
         walk, purged = self._walk.start(now), 0
         while True:
