@@ -21,7 +21,7 @@ from relay.errors import ConfigError
 from relay.inbound import CompiledSource, Ingest, fallback
 from relay.metrics import Metrics
 from relay.render import TemplateCompiler
-from relay.retention import PURGE_INTERVAL_S, Purger, retention_from
+from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
 from relay.retry import RetryPolicy
 from relay.router import Router, compile_routes
 from relay.sources import READERS, build_verifier
@@ -139,7 +139,7 @@ async def create_app(
     store = open_store(config.store, clock)
     metrics = Metrics()
     dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng)
-    purger = Purger(store, retention_from(config.retention), metrics, purge_interval_s)
+    purger = Purger(store, retention_policy(config.retention), metrics, purge_interval_s)
     ingest = Ingest(
         store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
     )

@@ -1,8 +1,8 @@
 """Retention on a timer: settled events leave the store, so that its file stops growing.
 
-What may go is the store's rule (`Retention` in store/base.py); this module only runs a pass
-at start and then every `interval_s`, and logs one line per pass that purged anything. A pass
-deletes in small batches between ingests, so it never holds up a request for long.
+What may go is the store's rule (`RetentionPolicy` in store/base.py); this module only runs
+a pass at start and then every `interval_s`, and logs one line per pass that purged anything.
+A pass deletes in small batches between ingests, so it never holds up a request for long.
 """
 
 from __future__ import annotations
@@ -12,26 +12,26 @@ import contextlib
 import logging
 from datetime import timedelta
 
-from relay import config as cfg
+from relay.config import Retention
 from relay.durations import format_duration
 from relay.errors import StoreError
 from relay.metrics import Metrics
-from relay.store.base import Retention, Store
+from relay.store.base import RetentionPolicy, Store
 
 log = logging.getLogger("relay.retention")
 
 PURGE_INTERVAL_S = 60.0
 
 
-def retention_from(config: cfg.Retention) -> Retention:
-    return Retention(config.delivered.total_seconds(), config.dead.total_seconds())
+def retention_policy(config: Retention) -> RetentionPolicy:
+    return RetentionPolicy(config.delivered.total_seconds(), config.dead.total_seconds())
 
 
 class Purger:
     def __init__(
         self,
         store: Store,
-        retention: Retention,
+        retention: RetentionPolicy,
         metrics: Metrics,
         interval_s: float = PURGE_INTERVAL_S,
     ) -> None:

@@ -17,15 +17,15 @@ import pytest
 from relay.events import Event
 from relay.loading import load_config
 from relay.metrics import Metrics
-from relay.retention import Purger, retention_from
-from relay.store.base import AttemptResult, DeliveryState, Retention
+from relay.retention import Purger, retention_policy
+from relay.store.base import AttemptResult, DeliveryState, RetentionPolicy
 from relay.store.sqlite import SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
 from tests.receiver import wait_until
 from tests.test_store import Clock
 
 DAY_S = 86_400.0
-WEEK = Retention(delivered_s=7 * DAY_S, dead_s=30 * DAY_S)
+WEEK = RetentionPolicy(delivered_s=7 * DAY_S, dead_s=30 * DAY_S)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_an_event_expires_when_its_last_delivery_has_been_settled_long_enough() 
     assert WEEK.expires_at(0.0, [("delivered", 50.0), ("dead", 10.0)]) == 10.0 + 30 * DAY_S
     assert WEEK.expires_at(0.0, [("delivered", 10.0), ("pending", 5.0)]) is None
     assert WEEK.expires_at(3.0, []) == 3.0 + 7 * DAY_S  # no route matched: kept for dedup
-    short_dead = Retention(delivered_s=7 * DAY_S, dead_s=DAY_S)
+    short_dead = RetentionPolicy(delivered_s=7 * DAY_S, dead_s=DAY_S)
     assert short_dead.expires_at(0.0, [("dead", 10.0)]) == 10.0 + DAY_S
     assert short_dead.shortest_s == DAY_S
 
@@ -225,9 +225,9 @@ def test_retention_defaults_to_a_week_for_delivered_and_30_days_for_dead(
     write_config: ConfigWriter,
 ) -> None:
     config = load_config(write_config("sources: {}\n"))
-    assert retention_from(config.retention) == WEEK
+    assert retention_policy(config.retention) == WEEK
     custom = load_config(write_config("retention: {delivered: 36h}\n"))
-    assert retention_from(custom.retention) == Retention(1.5 * DAY_S, 30 * DAY_S)
+    assert retention_policy(custom.retention) == RetentionPolicy(1.5 * DAY_S, 30 * DAY_S)
 
 
 async def test_the_daemon_purges_on_a_timer_and_says_how_many(
@@ -304,7 +304,7 @@ async def test_each_pass_purges_exactly_what_the_rule_lets_go(
     """Random ingests, outcomes, replays and passes (seeded) against the rule applied to every
     event the store holds: a pass leaves exactly the events whose time has not come."""
     rng = random.Random(9)
-    retention = Retention(delivered_s=5.0, dead_s=11.0)
+    retention = RetentionPolicy(delivered_s=5.0, dead_s=11.0)
     for step in range(300):
         action = rng.random()
         if action < 0.4:
@@ -325,7 +325,7 @@ async def test_each_pass_purges_exactly_what_the_rule_lets_go(
             assert _event_ids(store.path) == expected, f"step {step}"
 
 
-def _survivors(path: Path, retention: Retention, now: float) -> set[str]:
+def _survivors(path: Path, retention: RetentionPolicy, now: float) -> set[str]:
     with sqlite3.connect(path) as db:
         events = db.execute("SELECT pk, event_id, received_at FROM events").fetchall()
         deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}

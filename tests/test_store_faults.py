@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay.errors import StoreError
-from relay.store.base import Retention
+from relay.store.base import RetentionPolicy
 from relay.store.groupcommit import GroupCommit
 from relay.store.health import StoreHealth
 from relay.store.schema import migrate
@@ -209,7 +209,7 @@ async def test_corruption_met_while_running_fails_the_store_once_and_for_good(
         await asyncio.wait_for(store.wait_failed(), FAIL_WITHIN_S)
         await assert_refuses_everything(store)
         with pytest.raises(StoreError, match="can no longer be used"):
-            await store.purge(Retention(delivered_s=1.0, dead_s=1.0))
+            await store.purge(RetentionPolicy(delivered_s=1.0, dead_s=1.0))
     finally:
         await store.close()
     (failure_line,) = error_lines(caplog)

@@ -54,7 +54,7 @@ class AttemptResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Retention:
+class RetentionPolicy:
     """How long settled events stay: an event leaves the store, with its deliveries, once none
     of them is pending, every delivered one finished `delivered_s` ago and every dead one
     `dead_s` ago. An event no route sent anywhere leaves `delivered_s` after it arrived.
@@ -124,7 +124,7 @@ class Store(Protocol):
         """Number of events and of deliveries in each state."""
         ...
 
-    async def purge(self, retention: Retention) -> int:
+    async def purge(self, retention: RetentionPolicy) -> int:
         """Delete the events `retention` lets go as of now, with their deliveries, a few
         hundred per transaction so that ingest is never held up long; return how many."""
         ...

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from relay.store.base import DeliveryState, Retention
+from relay.store.base import DeliveryState, RetentionPolicy
 
 # Events per transaction (each with its deliveries): about a millisecond of work, which is
 # how long a batch holds up the ingests that share its commit (docs/benchmarks.md).
@@ -49,7 +49,7 @@ class Batch:
 
 
 def purge_batch(
-    cur: sqlite3.Cursor, retention: Retention, now: float, walk: Walk, limit: int
+    cur: sqlite3.Cursor, retention: RetentionPolicy, now: float, walk: Walk, limit: int
 ) -> Batch:
     """Examine up to `limit` events after `walk.after_pk`; delete those `retention` lets go."""
     started = time.perf_counter()

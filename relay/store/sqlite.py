@@ -39,7 +39,7 @@ from relay.store.base import (
     DeliveryRecord,
     DeliveryState,
     IngestResult,
-    Retention,
+    RetentionPolicy,
 )
 from relay.store.checkpoint import Checkpointer
 from relay.store.groupcommit import GroupCommit
@@ -410,7 +410,7 @@ class SqliteStore:
 
     # -- retention -------------------------------------------------------------------------
 
-    async def purge(self, retention: Retention, batch_events: int = BATCH_EVENTS) -> int:
+    async def purge(self, retention: RetentionPolicy, batch_events: int = BATCH_EVENTS) -> int:
         """One pass, each batch a write of its own that ingests share; after each batch the
         pass rests three times as long as the batch took, so that it never has more than a
         quarter of the loop (the WAL it writes costs checkpoints too: docs/benchmarks.md)."""
