@@ -1,4 +1,4 @@
-"""`make bench`: relay's ingest and delivery figures on this machine, in one run (~1.5 min).
+"""`make bench`: relay's ingest and delivery figures on this machine, in one run (~100 s).
 
 1. Ingest throughput: relay (HMAC verify + JSON parse + durable SQLite commit + 202) against a
    bare aiohttp handler (read the body, answer 200), both closed-loop at 32 connections with
@@ -8,6 +8,9 @@
    delivered events per second from the first post until the receiver has all N.
 3. Ingest latency at a fixed offered rate (open loop, default 500 events/s for 5 s), with the
    delivery of those events running in the same process, and again with no route.
+4. Ingest latency at that rate while retention purges a backlog of old delivered events
+   (default 200,000, ~225 MB: bench/backlog.py), against the same store and rate with a
+   retention that purges nothing.
 
 Each server runs in its own process on a free 127.0.0.1 port (relay as `python -m relay run`),
 the load generator in another (bench/loadgen.py, the same for relay and the bare handler). If
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sqlite3
 import sys
@@ -32,6 +36,7 @@ from typing import Any
 import report
 import wrk
 import yaml
+from backlog import backlog_left, events_after_backlog, write_backlog
 from procs import (
     BenchError,
     CpuMeter,
@@ -63,6 +68,7 @@ class Settings:
     delivery_concurrency: int
     rate: float
     rate_duration_s: float
+    purge_events: int
     use_wrk: bool
     relay_src: Path | None
 
@@ -78,6 +84,9 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
     parser.add_argument("--delivery-concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=500.0, help="scenario 3 events/s")
     parser.add_argument("--rate-duration-s", type=float, default=5.0)
+    parser.add_argument(
+        "--purge-events", type=int, default=200_000, help="scenario 4 backlog to purge"
+    )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
     parser.add_argument("--quick", action="store_true", help="short runs, for trying changes")
     parser.add_argument(
@@ -90,6 +99,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration_s, args.events, args.rate_duration_s = 1, 2.0, 5_000, 2.0
+        args.purge_events = 30_000
     settings = Settings(
         rounds=max(1, args.rounds),
         warmup_s=args.warmup_s,
@@ -98,6 +108,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
         delivery_concurrency=args.delivery_concurrency,
         rate=args.rate,
         rate_duration_s=args.rate_duration_s,
+        purge_events=args.purge_events,
         use_wrk=not args.no_wrk,
         relay_src=args.relay_src.resolve() if args.relay_src else None,
     )
@@ -108,10 +119,13 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
 
 
 def write_relay_config(
-    work_dir: Path, receiver_port: int | None, concurrency: int
+    work_dir: Path,
+    receiver_port: int | None,
+    concurrency: int,
+    retention: dict[str, str] | None = None,
 ) -> tuple[Path, int]:
     """A config in `work_dir` (store and templates beside it); a route only with a receiver."""
-    work_dir.mkdir(parents=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "templates").mkdir()
     port = free_port()
     verify = {"scheme": "hmac-sha256", "secret": SECRET, "header": SIGNATURE_HEADER}
@@ -121,6 +135,8 @@ def write_relay_config(
         "templates_dir": "templates",
         "sources": {"flagright": {"path": SOURCE_PATH, "verify": verify}},
     }
+    if retention is not None:
+        config["retention"] = retention
     if receiver_port is not None:
         url = f"http://127.0.0.1:{receiver_port}/sink"
         config["targets"] = {"sink": {"kind": "http", "url": url, "concurrency": concurrency}}
@@ -351,6 +367,54 @@ def paced(s: Settings, work: Path, with_delivery: bool, problems: Problems) -> d
     return result
 
 
+# -- scenario 4: latency while retention purges a backlog --------------------------------------
+
+# Retention that keeps the backlog: the same store and passes, nothing old enough to delete.
+KEEP_ALL = {"delivered": "3650d", "dead": "3650d"}
+
+
+def purging(
+    s: Settings, work: Path, backlog: Path, purge: bool, problems: Problems
+) -> dict[str, Any]:
+    """Open-loop ingest on a copy of the backlog store; relay's first purge pass starts as it
+    starts, before the load, so the load meets it from its first request."""
+    tag = "purging" if purge else "not-purging"
+    work_dir = work / tag
+    work_dir.mkdir(parents=True)
+    shutil.copyfile(backlog, work_dir / "relay.db")
+    config, port = write_relay_config(work_dir, None, 1, None if purge else KEEP_ALL)
+    db = work_dir / "relay.db"
+    with relay_server(config, port, s.relay_src) as relay:
+        left_at_start = backlog_left(db, s.purge_events)
+        result = metered([relay], lambda: open_loop(port, s.rate, s.warmup_s, s.rate_duration_s))
+        result["backlog_left"] = [left_at_start, backlog_left(db, s.purge_events)]
+        result["wal_bytes"] = wal_bytes(config)
+    problems.expect_statuses(tag, result, "202")
+    check_wal(problems, tag, result)
+    if purge:
+        problems.expect(
+            result["backlog_left"][0] > 0,
+            f"{tag}: the purge ended before the load began; raise --purge-events",
+        )
+    accepted, stored = result["statuses"].get("202", 0), events_after_backlog(db, s.purge_events)
+    problems.expect(stored == accepted, f"{tag}: {accepted} answered 202, {stored} new stored")
+    result["file_bytes"] = db.stat().st_size
+    result["store"] = store_counts(config)
+    return result
+
+
+def purge_scenario(s: Settings, work: Path, problems: Problems) -> dict[str, Any]:
+    backlog = work / "backlog.db"
+    started = time.monotonic()
+    size = write_backlog(backlog, s.purge_events)
+    built_s = time.monotonic() - started
+    runs = {
+        "no purge (retention 10y)": purging(s, work, backlog, False, problems),
+        "purging the backlog": purging(s, work, backlog, True, problems),
+    }
+    return {"events": s.purge_events, "file_bytes": size, "built_s": built_s, "runs": runs}
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -375,6 +439,8 @@ def run_all(s: Settings, work: Path, problems: Problems) -> dict[str, Any]:
         "with delivery running": paced(s, work, True, problems),
         "ingest only (no route)": paced(s, work, False, problems),
     }
+    step("scenario 4: latency while retention purges a backlog")
+    results["purge"] = purge_scenario(s, work, problems)
     report.print_results(results, s, CONNECTIONS, wrk_wanted=s.use_wrk)
     return results
 

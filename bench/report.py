@@ -80,6 +80,7 @@ def print_results(
     print_ingest(results["ingest"], results["ingest_wrk"], s, connections, wrk_wanted)
     print_e2e(results["end_to_end"], connections)
     print_paced(results["paced"], s)
+    print_purge(results["purge"], s)
 
 
 def print_ingest(
@@ -179,4 +180,23 @@ def print_paced(runs: dict[str, dict[str, Any]], s: SettingsLike) -> None:
             f"   {'':<24} relay busy {relay_cores:.2f} cores; generator send lag p99 "
             f"{ms(r['send_lag_ms'], 'p99')} ms; {r['connections_used']} connections; "
             f"WAL {mib(r['wal_bytes'])}; others {r['cpu']['others_cores']:.2f} cores"
+        )
+
+
+def print_purge(purge: dict[str, Any], s: SettingsLike) -> None:
+    print(
+        f"\n4. Ingest latency at {s.rate:g} events/s offered while retention purges a backlog of "
+        f"{purge['events']:,} delivered events 30 days old ({mib(purge['file_bytes'])} store)"
+    )
+    for label, r in purge["runs"].items():
+        lat = r["latency_ms"]
+        start, end = r["backlog_left"]
+        relay_cores = r["cpu"]["relay_cpu_s"] / r["cpu"]["wall_s"]
+        print(
+            f"   {label:<24} p50 {ms(lat, 'p50')} ms, p99 {ms(lat, 'p99')} ms, max "
+            f"{ms(lat, 'max')} ms; relay busy {relay_cores:.2f} cores"
+        )
+        print(
+            f"   {'':<24} backlog left {start:,} as the load began, {end:,} as it ended; "
+            f"store file {mib(r['file_bytes'])}; others {r['cpu']['others_cores']:.2f} cores"
         )

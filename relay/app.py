@@ -22,6 +22,7 @@ from relay.inbound import CompiledSource, Ingest, fallback
 from relay.metrics import Metrics
 from relay.redaction import Redactor, config_secrets
 from relay.render import TemplateCompiler
+from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
 from relay.retry import RetryPolicy
 from relay.router import Router, compile_routes
 from relay.sources import READERS, build_verifier
@@ -123,6 +124,7 @@ async def create_app(
     rng: Callable[[], float] = random.random,
     out: TextIO | None = None,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    purge_interval_s: float = PURGE_INTERVAL_S,
 ) -> web.Application:
     """Build the whole daemon as one aiohttp app; resources open and close in cleanup_ctx."""
     session = aiohttp.ClientSession(
@@ -139,6 +141,7 @@ async def create_app(
     metrics = Metrics()
     redactor = Redactor(config_secrets(config))
     dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng, redactor)
+    purger = Purger(store, retention_policy(config.retention), metrics, purge_interval_s)
     ingest = Ingest(
         store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
     )
@@ -168,7 +171,9 @@ async def create_app(
             await session.close()
             raise
         dispatcher.start()
+        purger.start()
         yield
+        await purger.stop()
         await dispatcher.stop(shutdown_grace_s)
         for target in compiled.targets.values():
             await target.close()

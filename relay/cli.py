@@ -11,16 +11,17 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from relay import __version__, logs, samples
 from relay.addresses import parse_listen
-from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, compile_config, create_app
+from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, STORE, compile_config, create_app
 from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
@@ -29,7 +30,7 @@ from relay.redaction import Redactor, config_secrets, redact_request
 from relay.send import post, sign_request
 from relay.server import RelayRunner, connection_cap, raise_open_file_limit
 from relay.store import open_store
-from relay.store.base import DeliveryRecord
+from relay.store.base import DeliveryRecord, Store
 from relay.textsafety import escape_controls
 
 log = logging.getLogger("relay")
@@ -173,27 +174,29 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     try:
-        _run_loop(serve(config))
+        return _run_loop(serve(config))
     except ConfigError as exc:
         _print_problems(args.config, exc.problems)
         return 1
     except (StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    return 0
 
 
-def _run_loop(coro: object) -> None:
+def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coro)  # type: ignore[arg-type]
-        return
-    uvloop.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period."""
+async def serve(config: Config) -> int:
+    """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period.
+
+    A store that fails (its file deleted, replaced or corrupt) stops relay the same way, with
+    exit code 1, so that a supervisor restarts it.
+    """
     app = await create_app(config)
     runner = RelayRunner(
         app,
@@ -216,13 +219,25 @@ async def serve(config: Config) -> None:
         site = web.TCPSite(runner, host, port)
         await site.start()
         log.info("relay %s listening on %s, store %s", __version__, config.listen, config.store)
-        await stop.wait()
+        store_failed = await _until_stopped(stop, app[STORE])
         log.info("shutting down: no new requests; finishing deliveries in flight")
         app[DISPATCHER].begin_shutdown(SHUTDOWN_GRACE_S)
     finally:
         await runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)
-    log.info("stopped")
+    log.info("stopped" + (" because the store failed" if store_failed else ""))
+    return 1 if store_failed else 0
+
+
+async def _until_stopped(stop: asyncio.Event, store: Store) -> bool:
+    """Wait for a stop signal or for the store to fail; whether the store failed."""
+    signalled = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(store.wait_failed())
+    done, _ = await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (signalled, failed):
+        waiter.cancel()
+    await asyncio.gather(signalled, failed, return_exceptions=True)
+    return failed in done
 
 
 def _connection_cap(max_connections: int) -> int:

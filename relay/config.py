@@ -298,9 +298,17 @@ class Limits(Model):
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
+class Retention(Model):
+    """How long an event stays in the store once its deliveries are delivered, or dead."""
+
+    delivered: Duration = timedelta(days=7)
+    dead: Duration = timedelta(days=30)
+
+
 class Config(Model):
     listen: str = "127.0.0.1:8080"
     store: str = "sqlite:///var/relay.db"
+    retention: Retention = Retention()
     limits: Limits = Limits()
     templates_dir: str = "templates"
     sources: dict[str, Source] = Field(default_factory=dict)

@@ -20,6 +20,11 @@ class Metrics:
             ["target", "result"],
             registry=self.registry,
         )
+        self.purged = Counter(
+            "relay_store_purged_events",
+            "Events (with their deliveries) deleted by retention.",
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -52,8 +52,8 @@ BROKEN_PROBLEMS = [
     "sources.shop.verify.secret: environment variable SHOP_SECRET is not set "
     "(and has no :-default)",
     'targets.audit.retry.max_elapsed: invalid duration "15x" (use e.g. 500ms, 15s, 5m, 24h, 3d)',
-    "colour: unknown key; valid keys here: listen, store, limits, templates_dir, sources, targets, "
-    "routes",
+    "colour: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
+    "sources, targets, routes",
     'routes[0].targets[1]: no target named "billing"; targets are: audit',
     "routes[0].when: invalid expression: unexpected 'end of template'",
     'targets.audit.template: "missing.j2" not found in templates/',

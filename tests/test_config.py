@@ -456,8 +456,8 @@ def test_several_errors_in_every_part_are_reported_together(write_config: Config
         'listen: listen must be "HOST:PORT", got "localhost"',
         'targets.audit.retry.max_elapsed: invalid duration "15x" '
         "(use e.g. 500ms, 15s, 5m, 24h, 3d)",
-        "colour: unknown key; valid keys here: listen, store, limits, templates_dir, sources, "
-        "targets, routes",
+        "colour: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
+        "sources, targets, routes",
         'routes[0].targets[1]: no target named "billing"; targets are: audit, screen',
         "routes[0].when: invalid expression: unexpected 'end of template'",
         "targets.audit.url: line 1: unexpected end of template, expected 'end of print statement'.",
@@ -522,8 +522,8 @@ async def test_template_errors_are_the_same_at_compile_and_beside_other_errors(
     # Beside a schema error, load_config compiles templates too, so one run lists both.
     broken = yaml_text + "bogus: 1\n"
     assert problems_of(write_config, broken, templates=templates) == [
-        "bogus: unknown key; valid keys here: listen, store, limits, templates_dir, sources, "
-        "targets, routes",
+        "bogus: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
+        "sources, targets, routes",
         expected,
     ]
 

@@ -29,6 +29,7 @@ from tests.process import (
     stored_deliveries,
 )
 from tests.receiver import Receiver, Reply, wait_until
+from tests.test_store_faults import write_garbage_in_the_middle, write_store
 
 MakeRelay = Callable[..., RelayProcess]
 
@@ -390,3 +391,100 @@ async def test_second_daemon_reaching_the_store_through_a_symlink_refuses_to_sta
     code = second.returncode()
     assert code == 1, f"second daemon: exit code {code} (None: serving)" + second.output()
     await stop_gracefully(first)
+
+
+# -- 5. the store file lost or corrupt --------------------------------------------------------
+
+
+def lost_copies(directory: Path) -> list[Path]:
+    return list(directory.glob("relay.db.lost-*"))
+
+
+@pytest.mark.slow
+async def test_a_store_file_deleted_under_relay_stops_it_and_its_events_survive_in_the_copy(
+    relays: MakeRelay, tmp_path: Path
+) -> None:
+    """Posters run flat out when the file is deleted. The receiver is down during the first
+    run: every event acknowledged, before or after the deletion, has to come out of the copy
+    relay makes of the deleted file, once the operator moves it into place."""
+    posters, max_posts, delete_after = 4, 2000, 100
+    receiver = Receiver()
+    receiver_port = free_port()
+    relay = relays(f"http://127.0.0.1:{receiver_port}")
+    relay.start()
+    await relay.wait_ready()
+    acked: set[str] = set()
+    refused: dict[str, int | None] = {}
+
+    async def post_until_refused(session: aiohttp.ClientSession, poster: int) -> None:
+        for i in range(max_posts):
+            event_id = f"p{poster}-{i}"
+            status = await post_event(session, relay, event_id)
+            if status != 202:
+                refused[event_id] = status
+                return
+            acked.add(event_id)
+
+    db = tmp_path / "relay.db"
+    failure = f"store {db} was deleted while relay was running"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        tasks = [asyncio.create_task(post_until_refused(session, n)) for n in range(posters)]
+        try:
+            await wait_until(lambda: len(acked) >= delete_after, 15, relay.output)
+            db.unlink()
+            await wait_until(lambda: failure in relay.output(), 5, relay.output)
+            _, unfinished = await asyncio.wait(tasks, timeout=15)
+            assert not unfinished, "posters still acknowledged" + relay.output()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert len(refused) == posters
+    # Each poster's last request was refused: with 503 if relay had read it before it began to
+    # shut down (most runs), else by the closed connection (aiohttp drops what arrives after).
+    # tests/test_store_faults.py sees the 503 deterministically, in-process.
+    assert set(refused.values()) <= {503, None}, f"{refused}" + relay.output()
+    code = await relay.wait_exit()
+    output = relay.output()
+    assert code == 1, f"exit code {code}" + output
+    assert output.count(failure) == 1, output
+    assert "stopped because the store failed" in output, output
+    assert "Traceback" not in output, output
+    (copy,) = lost_copies(tmp_path)
+    assert f"copied the lost store to {copy}" in output, output
+    assert "removed relay.db-wal, the lost store's own" in output, output  # not replayed later
+
+    copy.rename(db)  # what the failure line tells the operator to do
+    await receiver.start(receiver_port)
+    try:
+        relay.start()
+        await relay.wait_ready()
+        await wait_until(
+            lambda: set(event_ids(receiver)) >= acked,
+            30,
+            lambda: f"not delivered: {some(acked - set(event_ids(receiver)))}" + relay.output(),
+        )
+        unknown = set(event_ids(receiver)) - acked - set(refused)
+        assert not unknown, f"delivered events nobody posted: {some(unknown)}"
+        await stop_gracefully(relay)
+    finally:
+        await receiver.stop()
+
+
+async def test_a_store_corrupted_on_disk_is_refused_at_start_and_nothing_is_acknowledged(
+    receiver: Receiver, relays: MakeRelay, tmp_path: Path
+) -> None:
+    db = tmp_path / "relay.db"
+    write_store(db, 5_000)  # ~6 MB: the garbage lands on pages well past the first
+    write_garbage_in_the_middle(db)
+    relay = relays(receiver.url)
+    relay.start()
+    code = await relay.wait_exit()
+    output = relay.output()
+    assert code == 1, f"exit code {code}" + output
+    assert f"cannot start: store {db} is corrupt (" in output, output
+    assert f'`sqlite3 {db} ".recover" | sqlite3 {db}.recovered`' in output, output
+    assert output.count("is corrupt") == 1, output
+    assert "Traceback" not in output, output
+    assert not await accepts_connections(relay.port)

@@ -26,7 +26,7 @@ class Clock:
 
 
 def event(event_id: str) -> Event:
-    body = b'{"id": "%s"}' % event_id.encode()
+    body = b'{"id": "%s"}' % event_id.encode(errors="backslashreplace")
     return Event("src", event_id, "t", 1_000.0, body, {"id": event_id}, {"h": "v"})
 
 
@@ -160,3 +160,56 @@ async def test_a_file_from_before_created_at_is_migrated(tmp_path: Path) -> None
     check = sqlite3.connect(tmp_path / "relay.db")
     assert check.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     check.close()
+
+
+# -- one bad write fails alone ----------------------------------------------------------------
+
+
+async def test_a_write_that_raises_anything_fails_alone_and_every_writer_gets_an_answer(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate in an id makes sqlite3 raise UnicodeEncodeError, not sqlite3.Error."""
+    ids = ["ok-0", "ok-1", "bad-\ud800", "ok-2", "ok-3"]
+    before = store.commits
+    results = await asyncio.wait_for(
+        asyncio.gather(*(store.ingest(event(i), ["a"]) for i in ids), return_exceptions=True),
+        timeout=5,
+    )
+    bad = results.pop(2)
+    assert isinstance(bad, StoreError)
+    assert "UnicodeEncodeError" in str(bad)
+    assert all(not isinstance(r, BaseException) and r.deliveries == 1 for r in results), results
+    assert (await store.counts())["events"] == 4
+    assert store.commits - before == 4  # the shared one rolled back; each good write alone
+    assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
+        "a store write raised UnicodeEncodeError('utf-8', 'bad-\\ud800', 4, 5,"
+        " 'surrogates not allowed')"
+    ]
+
+
+async def test_a_lone_write_that_raises_gets_a_store_error(store: SqliteStore) -> None:
+    with pytest.raises(StoreError, match="write failed: UnicodeEncodeError"):
+        await asyncio.wait_for(store.ingest(event("\udfff"), ["a"]), timeout=5)
+    assert (await store.ingest(event("after"), ["a"])).deliveries == 1
+
+
+async def test_an_event_that_cannot_be_read_back_is_dead_and_does_not_stall_its_target(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    await store.open()
+    try:
+        for event_id in ("before", "flipped", "after"):
+            await store.ingest(event(event_id), ["a"])
+        side = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+        side.execute("UPDATE events SET body = x'7b226964223a' WHERE event_id = 'flipped'")
+        side.close()
+        claimed = await store.claim("a", 10, lease_s=30)
+        assert [d.event.id for d in claimed] == ["before", "after"]
+        (dead,) = await store.deliveries("dead")
+        assert dead.event_id == "flipped"
+        assert dead.last_error is not None
+        assert dead.last_error.startswith("the stored event cannot be read: ")
+        assert await store.claim("a", 10, lease_s=30) == []
+    finally:
+        await store.close()

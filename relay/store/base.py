@@ -6,10 +6,11 @@ deliveries with a lease; a claim counts as an attempt, so a crash mid-send is co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from relay.errors import StoreError
 from relay.events import Delivery, Event
 
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -50,6 +51,34 @@ class AttemptResult:
     next_attempt_at: float | None = None
     status: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long settled events stay: an event leaves the store, with its deliveries, once none
+    of them is pending, every delivered one finished `delivered_s` ago and every dead one
+    `dead_s` ago. An event no route sent anywhere leaves `delivered_s` after it arrived.
+    """
+
+    delivered_s: float
+    dead_s: float
+
+    @property
+    def shortest_s(self) -> float:
+        """No event leaves sooner than this after it arrived."""
+        return min(self.delivered_s, self.dead_s)
+
+    def expires_at(
+        self, received_at: float, deliveries: Iterable[tuple[DeliveryState, float]]
+    ) -> float | None:
+        """When the event may go, given its deliveries' (state, updated_at); None if pending."""
+        expiry: float | None = None
+        for state, updated_at in deliveries:
+            if state == "pending":
+                return None
+            kept_s = self.delivered_s if state == "delivered" else self.dead_s
+            expiry = updated_at + kept_s if expiry is None else max(expiry, updated_at + kept_s)
+        return received_at + self.delivered_s if expiry is None else expiry
 
 
 class Store(Protocol):
@@ -93,4 +122,14 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Number of events and of deliveries in each state."""
+        ...
+
+    async def purge(self, retention: RetentionPolicy) -> int:
+        """Delete the events `retention` lets go as of now, with their deliveries, a few
+        hundred per transaction so that ingest is never held up long; return how many."""
+        ...
+
+    async def wait_failed(self) -> StoreError:
+        """Return once the store can no longer be used (its file was deleted, replaced or is
+        corrupt): it then refuses every read and write, and the daemon should exit."""
         ...

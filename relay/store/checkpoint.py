@@ -17,12 +17,15 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from relay.store.health import StoreHealth, is_corruption
+
 log = logging.getLogger("relay.store")
 
 
 class Checkpointer:
-    def __init__(self, path: Path, interval_s: float = 0.05) -> None:
+    def __init__(self, path: Path, health: StoreHealth, interval_s: float = 0.05) -> None:
         self._path = path
+        self._health = health
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -33,18 +36,24 @@ class Checkpointer:
         self._task = asyncio.create_task(self._run(), name="sqlite-checkpoint")
 
     async def _run(self) -> None:
-        while True:
+        last_error = ""  # logged once, not every round, while it lasts
+        while not self._health.failed:
             await asyncio.sleep(self._interval_s)
-            await asyncio.to_thread(self.checkpoint)
+            try:
+                await asyncio.to_thread(self.checkpoint)
+            except sqlite3.Error as exc:  # the next round tries again
+                if is_corruption(exc):
+                    self._health.error_from(exc)
+                elif str(exc) != last_error:
+                    log.warning("WAL checkpoint of %s failed: %s", self._path.name, exc)
+                last_error = str(exc)
+            else:
+                last_error = ""
 
     def checkpoint(self) -> None:
         with self._lock:
-            if self._db is None:
-                return
-            try:
+            if self._db is not None:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:  # the next round tries again
-                log.warning("WAL checkpoint of %s failed: %s", self._path.name, exc)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -52,7 +61,11 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self.checkpoint)
+        if not self._health.failed:  # a lost or corrupt file is left as it is
+            try:
+                await asyncio.to_thread(self.checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint of %s failed: %s", self._path.name, exc)
         with self._lock:
             if self._db is not None:
                 self._db.close()

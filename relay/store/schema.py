@@ -36,6 +36,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_state ON deliveries (state, id);
     """,
     "ALTER TABLE events ADD COLUMN created_at REAL;",
+    # Retention reads and deletes an event's deliveries by event.
+    "CREATE INDEX deliveries_event ON deliveries (event_pk);",
 )
 
 

@@ -1,0 +1,91 @@
+"""Retention in the SQLite store: walk the events oldest first, a batch per transaction.
+
+A pass starts at the oldest event and stops at the first one too young to go (events are
+numbered in the order they arrived). Events kept on the way (a delivery pending or not yet
+old enough) would be read again by every pass, so the next pass starts where this one
+stopped, until the earliest moment one of them could go, and at the latest the shorter
+retention after this pass: an event arriving later cannot go before that, wherever SQLite
+numbers it (it reuses the numbers of the newest rows once they are deleted), and a later
+change to an event only moves its moment later (a delivery settling now stays at least the
+shorter retention).
+
+Deleted rows' pages go to SQLite's free list and are reused by later inserts, so under steady
+load the file stops growing (it does not shrink: that would take a VACUUM).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from relay.store.base import DeliveryState, RetentionPolicy
+
+# Events per transaction (each with its deliveries): about a millisecond of work, which is
+# how long a batch holds up the ingests that share its commit (docs/benchmarks.md).
+BATCH_EVENTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Walk:
+    """Where the next pass may start, and until when starting there skips nothing."""
+
+    after_pk: int = 0
+    until: float = -math.inf
+
+    def start(self, now: float) -> Walk:
+        """Where a pass at `now` starts: here while that skips nothing, else at the oldest."""
+        return self if now < self.until else Walk(0, math.inf)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    purged: int
+    walk: Walk  # the walk so far: last event examined, earliest moment a kept one may go
+    done: bool  # reached an event too young to go, or the newest
+    took_s: float  # how long its statements ran, for pacing
+
+
+def purge_batch(
+    cur: sqlite3.Cursor, retention: RetentionPolicy, now: float, walk: Walk, limit: int
+) -> Batch:
+    """Examine up to `limit` events after `walk.after_pk`; delete those `retention` lets go."""
+    started = time.perf_counter()
+    rows = cur.execute(
+        "SELECT pk, received_at FROM events WHERE pk > ? ORDER BY pk LIMIT ?",
+        (walk.after_pk, limit),
+    ).fetchall()
+    young_after = now - retention.shortest_s  # arrived later: cannot go yet, nor any after it
+    first_young = next((i for i, (_, at) in enumerate(rows) if at > young_after), None)
+    examined = rows if first_young is None else rows[:first_young]
+    deliveries = _deliveries(cur, examined)
+    expired: list[tuple[int]] = []
+    until = min(walk.until, now + retention.shortest_s)
+    for pk, received_at in examined:
+        expiry = retention.expires_at(received_at, deliveries.get(pk, ()))
+        if expiry is not None and expiry <= now:
+            expired.append((pk,))
+        else:
+            until = min(until, now + retention.shortest_s if expiry is None else expiry)
+    cur.executemany("DELETE FROM deliveries WHERE event_pk = ?", expired)
+    cur.executemany("DELETE FROM events WHERE pk = ?", expired)
+    after_pk = examined[-1][0] if examined else walk.after_pk
+    done = first_young is not None or len(rows) < limit
+    took_s = time.perf_counter() - started
+    return Batch(len(expired), Walk(after_pk, until), done, took_s)
+
+
+def _deliveries(
+    cur: sqlite3.Cursor, events: list[tuple[int, float]]
+) -> dict[int, list[tuple[DeliveryState, float]]]:
+    by_event: dict[int, list[tuple[DeliveryState, float]]] = defaultdict(list)
+    if not events:
+        return by_event
+    for event_pk, state, updated_at in cur.execute(
+        "SELECT event_pk, state, updated_at FROM deliveries WHERE event_pk BETWEEN ? AND ?",
+        (events[0][0], events[-1][0]),
+    ):
+        by_event[event_pk].append((state, updated_at))
+    return by_event
