@@ -54,7 +54,7 @@ def config_secrets(cfg: config.Config) -> list[str]:
     """Every credential the config holds.
 
     Verify and signing secrets; header values whose name says credential (Authorization,
-    X-Api-Key, ...); a Slack webhook url's path, which is its token; a database password;
+    X-Api-Key, ...); a Slack webhook url, which is its own token; a database password;
     and every `${VAR}` value in a target's headers or url, a secret or the store.
     """
     found: list[str] = list(cfg.credentials_from_env)
@@ -74,9 +74,7 @@ def _target_secrets(target: config.Target) -> Iterator[str]:
             if SENSITIVE_HEADER.search(name):
                 yield value
     if isinstance(target, config.SlackTarget):
-        path = split_url(target.url)[1]
-        if path.strip("/"):
-            yield path
+        yield target.url
     if isinstance(target, config.WarehouseTarget):
         password = urlsplit(target.url).password
         if password:

@@ -70,7 +70,7 @@ def test_credentials_are_verify_and_signing_secrets_credential_headers_and_their
         "literal-api-key",
         "eu-west-1",  # from the environment into a header: relay cannot tell it is harmless
         "literal-signing",
-        "/services/T0/B0/XYZSECRET",
+        "https://hooks.slack.com/services/T0/B0/XYZSECRET",
         "db-password",
     } <= secrets
     assert "127.0.0.1" not in secrets  # the listen address is no credential
