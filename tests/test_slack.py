@@ -144,6 +144,13 @@ async def test_overlong_text_is_cut_with_a_visible_marker(
     assert text.endswith(TRUNCATION_MARKER)
 
 
+def test_overlong_text_is_never_cut_inside_an_escaped_character() -> None:
+    cut = MAX_TEXT_CHARS - len(TRUNCATION_MARKER)
+    text = "x" * (cut - 2) + "&amp;" + "y" * 100  # the cut lands after "&a"
+    checked = json.loads(check_message(json.dumps({"text": text}).encode()))["text"]
+    assert checked == "x" * (cut - 2) + TRUNCATION_MARKER
+
+
 def test_check_message_rules() -> None:
     assert check_message(b'{"text": "hi"}') == b'{"text": "hi"}'
     assert check_message(b'{"blocks": [{"type": "divider"}]}')
