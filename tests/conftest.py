@@ -19,7 +19,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings
 
-from relay.app import STORE, create_app
+from relay.app import DISPATCHER, STORE, create_app
 from relay.config import Config
 from relay.loading import load_config
 from relay.store.base import DeliveryRecord, Store
@@ -102,16 +102,33 @@ class Relay:
         self, state: str, count: int = 1, timeout_s: float = 5.0
     ) -> list[DeliveryRecord]:
         """Poll the store until `count` deliveries are in `state`; fail on the deadline."""
+        records = await self.wait_for_deliveries(
+            lambda rs: sum(r.state == state for r in rs) >= count, f"{count} {state}", timeout_s
+        )
+        return [r for r in records if r.state == state]
+
+    async def wait_for_deliveries(
+        self,
+        done: Callable[[list[DeliveryRecord]], bool],
+        what: str,
+        timeout_s: float = 5.0,
+    ) -> list[DeliveryRecord]:
+        """Poll the store until `done(deliveries)` (newest first); fail on the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             records = await self.store.deliveries(limit=1000)
-            matching = [r for r in records if r.state == state]
-            if len(matching) >= count:
-                return matching
+            if done(records):
+                return records
             if loop.time() > deadline:
-                raise AssertionError(f"timed out waiting for {count} {state}: {records}")
+                raise AssertionError(f"timed out waiting for {what}: {records}")
             await asyncio.sleep(0.01)
+
+    def wake(self, *targets: str) -> None:
+        """Have the targets' workers look for due deliveries now (after moving a FakeClock)."""
+        app = self.client.app
+        assert app is not None
+        app[DISPATCHER].notify(targets)
 
 
 StartRelay = Callable[..., Awaitable[Relay]]
