@@ -19,6 +19,8 @@ from jinja2.utils import object_type_repr
 from relay.errors import RenderError
 from relay.filters import FILTERS
 
+NESTED_TOO_DEEPLY = "nested too deeply"
+
 
 def build_environment(templates_dir: Path) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
@@ -59,6 +61,8 @@ class TemplateCompiler:
             return CompiledTemplate(self.env.from_string(source), name)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
+        except RecursionError:  # Jinja parses nested brackets recursively
+            raise ValueError(NESTED_TOO_DEEPLY) from None
 
     def file(self, filename: str) -> CompiledTemplate:
         try:
@@ -67,6 +71,8 @@ class TemplateCompiler:
             raise ValueError(f'"{filename}" not found in {self.templates_dir.name}/') from exc
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f'"{filename}" line {exc.lineno}: {exc.message}') from exc
+        except RecursionError:
+            raise ValueError(f'"{filename}": {NESTED_TOO_DEEPLY}') from None
 
     def expression(self, source: str, name: str) -> Callable[[Mapping[str, Any]], Any]:
         """A Jinja expression without braces, e.g. `event.payload.amount > 100`.
@@ -81,6 +87,8 @@ class TemplateCompiler:
             compiled = self.env.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"invalid expression: {exc.message}") from exc
+        except RecursionError:
+            raise ValueError(f"invalid expression: {NESTED_TOO_DEEPLY}") from None
 
         def evaluate(context: Mapping[str, Any]) -> Any:
             try:
