@@ -7,6 +7,9 @@ between arrivals, which a loaded machine stretches and squeezes.
 
 from __future__ import annotations
 
+from relay.app import DISPATCHER
+from tests.conftest import Relay
+
 START = 1_700_000_000.0  # a whole number of seconds: schedules add up exactly
 
 
@@ -21,3 +24,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def wake(relay: Relay, *targets: str) -> None:
+    """Have the targets' workers look for due deliveries now, after the clock moved (else they
+    look again within a second)."""
+    app = relay.client.app
+    assert app is not None
+    app[DISPATCHER].notify(targets)

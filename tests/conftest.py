@@ -19,7 +19,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
-from relay.app import DISPATCHER, STORE, create_app
+from relay.app import STORE, create_app
 from relay.config import Config
 from relay.loading import load_config
 from relay.store.base import DeliveryRecord, Store
@@ -130,12 +130,6 @@ class Relay:
             if loop.time() > deadline:
                 raise AssertionError(f"timed out waiting for {what}: {records}")
             await asyncio.sleep(0.01)
-
-    def wake(self, *targets: str) -> None:
-        """Have the targets' workers look for due deliveries now (after moving a FakeClock)."""
-        app = self.client.app
-        assert app is not None
-        app[DISPATCHER].notify(targets)
 
 
 StartRelay = Callable[..., Awaitable[Relay]]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.clock import FakeClock
+from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.receiver import Receiver, Reply
 
@@ -173,7 +173,7 @@ async def test_retry_after_is_honoured(
     assert record.next_attempt_at == clock.now + 20  # not the 10ms backoff
     assert len(receiver.received) == 1
     clock.advance(20)
-    relay.wake("out")
+    wake(relay, "out")
     (record,) = await relay.wait_for_state("delivered")
     assert record.attempts == 2
     assert receiver.received[1].headers["Relay-Attempt"] == "2"
@@ -202,7 +202,7 @@ async def test_max_elapsed_bounds_the_retries_then_the_delivery_is_dead(
             break
         scheduled.append(record.next_attempt_at - first_attempt_at)
         clock.now = record.next_attempt_at
-        relay.wake("out")
+        wake(relay, "out")
     assert record.state == "dead"
     assert record.last_status == 503
     assert record.last_error == "HTTP 503: busy; gave up: next attempt would pass max_elapsed 600ms"

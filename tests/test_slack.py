@@ -11,7 +11,7 @@ import pytest
 from relay.errors import RenderError
 from relay.events import Delivered, Failed, Retry
 from relay.targets.slack import MAX_TEXT_CHARS, TRUNCATION_MARKER, check_message, classify_slack
-from tests.clock import FakeClock
+from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.receiver import Received, Receiver, Reply
 
@@ -144,7 +144,7 @@ async def test_429_waits_as_asked(
     assert record.next_attempt_at == clock.now + 20  # relay's clock has not moved
     assert len(receiver.received) == 1
     clock.advance(20)
-    relay.wake("slack")
+    wake(relay, "slack")
     (record,) = await relay.wait_for_state("delivered")
     assert record.attempts == 2
 
