@@ -20,7 +20,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config
+from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config, Source
 from relay.errors import ConfigError
 from relay.fields import yaml_key
 from relay.loading import MAX_VALUES, load_config
@@ -411,10 +411,8 @@ def test_a_key_that_is_no_string_where_fields_go_is_an_unknown_key(
 ) -> None:
     yaml_text = "null: 1\nsources: {s: {path: /s, 7: x}}\n"
     assert problems_of(write_config, yaml_text) == [
-        "sources.s.7: unknown key; valid keys here: path, verify, sender, allow_ips,"
-        " trusted_proxies",
-        "null: unknown key; valid keys here: listen, store, limits, templates_dir, sources,"
-        " targets, routes",
+        f"sources.s.7: unknown key; valid keys here: {', '.join(Source.model_fields)}",
+        f"null: unknown key; valid keys here: {', '.join(Config.model_fields)}",
     ]
 
 
