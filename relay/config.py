@@ -38,6 +38,7 @@ from relay.fields import (
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 TARGET_KINDS = ("http", "slack", "warehouse", "console")
 SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
+NUL_IN_PATH = "a file path cannot contain a NUL character (\\0)"
 
 
 class HmacVerify(Model):
@@ -238,6 +239,8 @@ class WarehouseTarget(Model):
         if url.startswith("duckdb:///"):
             if not url.removeprefix("duckdb:///"):
                 raise error("url", "duckdb:/// needs a file path")
+            if "\0" in url:
+                raise error("url", NUL_IN_PATH)
             return url
         if not url.startswith(("postgresql://", "postgres://")):
             scheme = url.split("://", 1)[0] if "://" in url else "(none)"
@@ -335,4 +338,13 @@ class Config(Model):
     @classmethod
     def _store(cls, store: str) -> str:
         check_store(store)
+        if "\0" in store:
+            raise error("store", NUL_IN_PATH)
         return store
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_dir(cls, templates_dir: str) -> str:
+        if "\0" in templates_dir:
+            raise error("templates_dir", NUL_IN_PATH)
+        return templates_dir

@@ -63,10 +63,45 @@ _TAG_CHOICES: dict[str, tuple[str, ...]] = {"kind": TARGET_KINDS, "scheme": SIGN
 _VERIFY_TAG_CHOICES: dict[str, tuple[str, ...]] = {"scheme": VERIFY_SCHEMES}
 
 
-def describe(error: ErrorDetails) -> Problem:
-    """One pydantic error as (YAML path, what to fix)."""
+def spell_keys(loc: Loc, tree: Any) -> Loc:
+    """Each mapping key in `loc` as the file spells it, looked up in the YAML `tree`.
+
+    pydantic writes a key that is not a string as an integer or as its repr, which would read
+    as a list index (`targets[1]`) or as Python (`sources.datetime.date(2024, 1, 1)`).
+    """
+    spelt: list[str | int] = []
+    node = tree
+    for part in loc:
+        child: Any = None
+        if isinstance(node, dict):
+            key = _key_for(node, part)
+            if key is not _ABSENT:
+                part, child = yaml_key(key), node[key]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            child = node[part]
+        spelt.append(part)
+        node = child
+    return tuple(spelt)
+
+
+_ABSENT = object()
+
+
+def _key_for(mapping: dict[Any, Any], part: str | int) -> Any:
+    """The key of `mapping` that pydantic wrote as `part`, or _ABSENT."""
+    for key in mapping:
+        if key == part and type(key) is type(part):
+            return key
+    for key in mapping:
+        if not isinstance(key, str) and part in (key, repr(key), str(key)):
+            return key
+    return _ABSENT
+
+
+def describe(error: ErrorDetails, tree: Any = None) -> Problem:
+    """One pydantic error as (YAML path, what to fix); `tree` is the YAML that was validated."""
     raw_loc = tuple(error["loc"])
-    loc = strip_tags(raw_loc)
+    loc = spell_keys(strip_tags(raw_loc), tree)
     kind = error["type"]
     value = error.get("input")
     ctx = error.get("ctx", {})
@@ -75,7 +110,7 @@ def describe(error: ErrorDetails) -> Problem:
         loc = (*loc[:-2], yaml_key(loc[-2])) if len(loc) > 1 else loc[:-1]
         if kind == "string_type":
             return format_loc(loc), f"name must be a string, got {yaml_kind(value)}; quote it"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is no string
         message = _unknown_key(str(raw_loc[-1]), _fields_at(raw_loc[:-1]))
     elif kind == "missing":
         message = "missing required key"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated
 
 from pydantic import (
@@ -157,13 +158,26 @@ def yaml_key(key: object) -> str:
         return "null"
     if isinstance(key, bool):
         return str(key).lower()
+    if isinstance(key, float) and not math.isfinite(key):
+        return {"inf": ".inf", "-inf": "-.inf"}.get(str(key), ".nan")
     return str(key)
+
+
+_KINDS: list[tuple[type, str]] = [
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+    (datetime, "a date and time"),  # before date: a datetime is a date
+    (date, "a date"),
+    (bytes, "binary data"),
+    (set, "a set"),
+]
 
 
 def yaml_kind(value: object) -> str:
     """What YAML produced, by type only (never the value, which may be a secret)."""
     if value is None or isinstance(value, bool):
         return yaml_key(value)
-    names = [(int, "an integer"), (float, "a number"), (str, "a string")]
-    names += [(list, "a list"), (dict, "a mapping")]
-    return next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
+    return next((name for cls, name in _KINDS if isinstance(value, cls)), type(value).__name__)

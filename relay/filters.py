@@ -54,12 +54,34 @@ def parse_time(value: Any) -> datetime:
     raise ValueError(f"format_time: not a time: {type(value).__name__}")
 
 
+# What `slack_escape` writes: a cut inside one would leave `&a` or `&l` in the message.
+_ENTITIES = ("&amp;", "&lt;", "&gt;")
+_LONGEST_ENTITY = max(map(len, _ENTITIES))
+
+
 def clip(value: Any, length: int, marker: str = "…") -> str:
-    """At most `length` characters, the marker included, when the text had to be cut."""
+    """At most `length` characters, the marker included, when the text had to be cut.
+
+    The cut never splits an `&amp;`, `&lt;` or `&gt;`: it moves to before the entity, so
+    text escaped for Slack and then clipped stays escaped text.
+    """
     text = str(value)
     if len(text) <= length:
         return text
-    return text[: max(0, length - len(marker))] + marker
+    if length < len(marker):  # no room for the marker: the text alone, cut
+        marker = ""
+    cut = max(0, length - len(marker))
+    return text[: _entity_safe_cut(text, cut)] + marker
+
+
+def _entity_safe_cut(text: str, cut: int) -> int:
+    """`cut`, or the start of the entity `text[:cut]` would split."""
+    start = text.rfind("&", max(0, cut - _LONGEST_ENTITY + 1), cut)
+    if start == -1:
+        return cut
+    if any(text.startswith(entity, start) and start + len(entity) > cut for entity in _ENTITIES):
+        return start
+    return cut
 
 
 FILTERS = {

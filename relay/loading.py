@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
 from relay.fields import yaml_key, yaml_kind
 from relay.render import TemplateCompiler
+
+# Far more than any config needs; a few aliases of aliases could otherwise spell out billions.
+MAX_VALUES = 100_000
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -44,7 +48,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
-        later.extend(describe(error) for error in exc.errors())
+        later.extend(describe(error, expanded) for error in exc.errors())
     later.extend(_cross_check(expanded))
     if problems or later:
         later.extend(_check_templates(expanded, path.parent))
@@ -61,7 +65,20 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (the last would win silently)."""
+    """Safe YAML that refuses a key given twice in one mapping (the last would win silently),
+    and reports a value its tag cannot hold (`2024-13-01`, `!!int x`) where it is."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML's own constructors fail so; the value is not quoted: it may be a secret.
+            kind = node.tag.rpartition(":")[2] or node.tag
+            problem = f"not a valid {kind}"
+            digits = sys.get_int_max_str_digits()
+            if kind == "int" and 0 < digits < len(str(node.value)):
+                problem = f"an integer of more than {digits} digits"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         first_line: dict[Any, int] = {}
@@ -75,7 +92,7 @@ class _Loader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f'duplicate key "{key}" (first at line {first_line[key]})',
+                    f'duplicate key "{yaml_key(key)}" (first at line {first_line[key]})',
                     key_node.start_mark,
                 )
             first_line[key] = key_node.start_mark.line + 1
@@ -94,11 +111,40 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         # One line, without the snippet PyYAML quotes (the line may hold a secret).
         raise ConfigError([f"{path}: {_yaml_problem(exc)}"]) from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError([f"{path}: invalid YAML: nested too deeply"]) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping, got {yaml_kind(raw)}"])
+    problem = _alias_problem(raw)
+    if problem is not None:
+        raise ConfigError([f"{path}: {problem}"])
     return raw
+
+
+def _alias_problem(root: dict[str, Any]) -> str | None:
+    """Why aliases make the tree unusable: one inside the node it names (`&a [*a]`), which
+    never ends, or so many that the config they spell out has more than MAX_VALUES values."""
+    seen = 0
+    open_nodes: set[int] = set()  # the mappings and lists being walked, by id
+
+    def walk(node: Any) -> str | None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"more than {MAX_VALUES:,} values once aliases are spelt out"
+        if not isinstance(node, dict | list):
+            return None
+        if id(node) in open_nodes:
+            return "an alias (*name) refers to a mapping or list that contains it"
+        open_nodes.add(id(node))
+        children = node.values() if isinstance(node, dict) else node
+        problem = next(filter(None, map(walk, children)), None)
+        open_nodes.discard(id(node))
+        return problem
+
+    return walk(root)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

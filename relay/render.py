@@ -21,6 +21,8 @@ from relay.errors import RenderError
 from relay.filters import FILTERS
 from relay.urltemplate import URL_FILTERS, finalize, rendered_url_problem, url_text_problem
 
+NESTED_TOO_DEEPLY = "nested too deeply"
+
 
 def build_environment(templates_dir: Path) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
@@ -83,6 +85,8 @@ class TemplateCompiler:
             return CompiledTemplate(self.env.from_string(source), name)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
+        except RecursionError:  # Jinja parses nested brackets recursively
+            raise ValueError(NESTED_TOO_DEEPLY) from None
 
     def url(self, source: str, name: str) -> UrlTemplate:
         """A url's path and query; its literal text must already be fit for a URL."""
@@ -103,6 +107,8 @@ class TemplateCompiler:
             raise ValueError(f'"{filename}" not found in {self.templates_dir.name}/') from exc
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f'"{filename}" line {exc.lineno}: {exc.message}') from exc
+        except RecursionError:
+            raise ValueError(f'"{filename}": {NESTED_TOO_DEEPLY}') from None
 
     def expression(self, source: str, name: str) -> Callable[[Mapping[str, Any]], Any]:
         """A Jinja expression without braces, e.g. `event.payload.amount > 100`.
@@ -117,6 +123,8 @@ class TemplateCompiler:
             compiled = self.env.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"invalid expression: {exc.message}") from exc
+        except RecursionError:
+            raise ValueError(f"invalid expression: {NESTED_TOO_DEEPLY}") from None
 
         def evaluate(context: Mapping[str, Any]) -> Any:
             try:

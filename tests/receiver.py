@@ -28,6 +28,7 @@ class Reply:
     body: str = "ok"
     headers: dict[str, str] = field(default_factory=dict)
     hang_s: float = 0.0  # wait this long before answering (longer than a client timeout = a hang)
+    hold: asyncio.Event | None = None  # answer only once the test sets it (a hang it ends)
 
 
 class Receiver:
@@ -78,6 +79,8 @@ class Receiver:
             self._changed.notify_all()
         if reply.hang_s:
             await asyncio.sleep(reply.hang_s)
+        if reply.hold is not None:
+            await reply.hold.wait()
         return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
 
     async def wait_for(self, count: int, timeout_s: float = 5.0) -> list[Received]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+from typing import Any
 
+import pytest
 from standardwebhooks import Webhook
 
+from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.receiver import Receiver, Reply
 
@@ -19,6 +23,7 @@ async def start(
     start_relay: StartRelay,
     target_yaml: str,
     templates: dict[str, str] | None = None,
+    **relay_options: Any,
 ) -> Relay:
     config = f"""\
 store: "sqlite:///relay.db"
@@ -32,7 +37,7 @@ targets:
 routes:
   - targets: [out]
 """
-    return await start_relay(write_config(config, templates))
+    return await start_relay(write_config(config, templates), **relay_options)
 
 
 async def test_default_body_is_the_received_bytes_with_relay_headers(
@@ -152,14 +157,26 @@ async def test_redirects_are_not_followed_and_fail(
 async def test_retry_after_is_honoured(
     write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
 ) -> None:
+    clock = FakeClock()
     relay = await start(
-        write_config, start_relay, f'    url: "{receiver.url}/in"\n    retry: {FAST_RETRY}'
+        write_config,
+        start_relay,
+        f'    url: "{receiver.url}/in"\n    retry: {FAST_RETRY}',
+        clock=clock,
     )
-    receiver.script = [Reply(status=429, headers={"Retry-After": "1"})]
+    receiver.script = [Reply(status=429, headers={"Retry-After": "20"})]
     await relay.post("/hooks/app", {"id": "e-8"})
-    first, second = await receiver.wait_for(2, timeout_s=5)
-    assert second.at - first.at >= 0.95
-    await relay.wait_for_state("delivered")
+    (record,) = await relay.wait_for_deliveries(
+        lambda rs: rs[0].last_status == 429, "the 429 recorded"
+    )
+    assert record.state == "pending"
+    assert record.next_attempt_at == clock.now + 20  # not the 10ms backoff
+    assert len(receiver.received) == 1
+    clock.advance(20)
+    wake(relay, "out")
+    (record,) = await relay.wait_for_state("delivered")
+    assert record.attempts == 2
+    assert receiver.received[1].headers["Relay-Attempt"] == "2"
 
 
 async def test_max_elapsed_bounds_the_retries_then_the_delivery_is_dead(
@@ -169,16 +186,29 @@ async def test_max_elapsed_bounds_the_retries_then_the_delivery_is_dead(
     url: "{receiver.url}/in"
     retry: {{initial: 20ms, multiplier: 2, max_interval: 100ms, max_elapsed: 600ms}}
 """
-    relay = await start(write_config, start_relay, target)
+    # relay's clock moves only to each scheduled attempt; jitter draws its ceiling.
+    clock = FakeClock()
+    relay = await start(write_config, start_relay, target, clock=clock, rng=lambda: 1.0)
     receiver.default = Reply(status=503, body="busy")
     await relay.post("/hooks/app", {"id": "e-9"})
-    (record,) = await relay.wait_for_state("dead", timeout_s=5)
+    first_attempt_at = clock.now
+    scheduled: list[float] = []  # each retry, in seconds after the first attempt
+    for _ in range(20):
+        (record,) = await relay.wait_for_deliveries(
+            lambda rs: rs[0].state == "dead" or rs[0].next_attempt_at > clock.now,
+            "the attempt recorded: dead, or a retry scheduled",
+        )
+        if record.state == "dead":
+            break
+        scheduled.append(record.next_attempt_at - first_attempt_at)
+        clock.now = record.next_attempt_at
+        wake(relay, "out")
+    assert record.state == "dead"
     assert record.last_status == 503
     assert record.last_error == "HTTP 503: busy; gave up: next attempt would pass max_elapsed 600ms"
-    # No attempt is scheduled past the deadline; dispatch may start it a little later.
-    span = receiver.received[-1].at - receiver.received[0].at
-    assert span <= 0.6 + 0.25
-    assert record.attempts == len(receiver.received) >= 3
+    # Backoff 20, 40, 80, then 100ms (max_interval); the next would be at 640ms.
+    assert scheduled == pytest.approx([0.02, 0.06, 0.14, 0.24, 0.34, 0.44, 0.54])
+    assert record.attempts == len(receiver.received) == len(scheduled) + 1
 
 
 async def test_a_hanging_target_times_out_and_is_retried(
@@ -186,14 +216,19 @@ async def test_a_hanging_target_times_out_and_is_retried(
 ) -> None:
     target = f"""\
     url: "{receiver.url}/in"
-    timeout: 200ms
+    timeout: 1s
     retry: {FAST_RETRY}
 """
     relay = await start(write_config, start_relay, target)
-    receiver.script = [Reply(hang_s=2.0)]
-    await relay.post("/hooks/app", {"id": "e-10"})
-    (record,) = await relay.wait_for_state("delivered")
-    assert record.attempts == 2
+    answer = asyncio.Event()
+    receiver.script = [Reply(hold=answer)]  # the first request is never answered in time
+    try:
+        await relay.post("/hooks/app", {"id": "e-10"})
+        (record,) = await relay.wait_for_state("delivered")
+    finally:
+        answer.set()
+    assert record.attempts >= 2  # on a loaded machine a second one may time out too
+    assert record.last_status == 200
 
 
 async def test_connection_refused_is_retried_then_dead_after_max_attempts(

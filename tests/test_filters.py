@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from relay.filters import clip, format_time, slack_escape, to_json
 from relay.render import TemplateCompiler
@@ -49,6 +52,56 @@ def test_clip_keeps_short_text_and_marks_the_cut() -> None:
     assert clip("abcdefghij", 8, "[+]") == "abcde[+]"
 
 
+@pytest.mark.parametrize(
+    ("text", "length", "expected"),
+    [
+        ("ba&amp;b", 5, "ba…"),  # the cut would leave "ba&a"
+        ("ba&amp;bc", 8, "ba&amp;…"),  # the entity is whole: nothing moves
+        ("x&lt;y", 4, "x…"),
+        ("x&gt;y", 3, "x…"),
+        ("&amp;&amp;", 7, "&amp;…"),
+        ("&amp;", 3, "…"),  # nothing of the text is left
+        ("AT&T is fine", 5, "AT&T…"),  # a bare "&" is no entity
+    ],
+)
+def test_clip_never_splits_an_entity(text: str, length: int, expected: str) -> None:
+    assert clip(text, length) == expected
+
+
+def test_clip_without_room_for_the_marker_cuts_the_text_alone() -> None:
+    assert clip("abcdef", 2, "[+]") == "ab"
+    assert clip("a&lt;b", 2, "[+]") == "a"
+    assert clip("abcdef", 0) == ""
+    assert clip("abcdef", -3) == ""
+
+
+# Every "&" in escaped text starts one of the three entities slack_escape writes.
+_BARE_AMPERSAND = re.compile(r"&(?!amp;|lt;|gt;)")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from("&<>a;lmgtp \n…é"), max_size=60) | st.text(max_size=60),
+    length=st.integers(min_value=0, max_value=70),
+    marker=st.sampled_from(["…", "[+]", ""]),
+)
+@example(text="ba&b", length=4, marker="…")  # the bug: "ba&a…"
+def test_clip_of_escaped_text_is_short_enough_and_keeps_every_entity_whole(
+    text: str, length: int, marker: str
+) -> None:
+    escaped = slack_escape(text)
+    clipped = clip(escaped, length, marker)
+    assert len(clipped) <= length
+    kept = clipped
+    if clipped != escaped and length >= len(marker):
+        assert clipped.endswith(marker)
+        kept = clipped.removesuffix(marker) if marker else clipped
+    assert escaped.startswith(kept)
+    assert not _BARE_AMPERSAND.search(kept), clipped
+    # Cut before the entity, not earlier: at most an entity's length less one is given up.
+    assert len(kept) >= min(len(escaped), length - len(marker)) - 4
+
+
 def test_filters_in_a_template(tmp_path: Path) -> None:
     compiler = TemplateCompiler(tmp_path)
     template = compiler.inline(
@@ -57,4 +110,4 @@ def test_filters_in_a_template(tmp_path: Path) -> None:
         "t",
     )
     rendered = template.render({"event": {"note": '<b> & "q" done', "ts": 1661522222301}})
-    assert rendered == '{"text": "&lt;b&gt; &…", "at": "13:57"}'
+    assert rendered == '{"text": "&lt;b&gt; …", "at": "13:57"}'

@@ -211,28 +211,28 @@ def flipt_key_id(payload: dict[str, Any]) -> str:
 KEY_IDS = {"flagright": flagright_key_id, "flagsmith": flagsmith_key_id, "flipt": flipt_key_id}
 
 
-def salted(value: Any) -> Any:
-    """Every string in `value` with HOSTILE appended."""
+def salted(value: Any, salt: str = HOSTILE) -> Any:
+    """Every string in `value` with `salt` appended."""
     if isinstance(value, str):
-        return value + HOSTILE
+        return value + salt
     if isinstance(value, dict):
-        return {key: salted(item) for key, item in value.items()}
+        return {key: salted(item, salt) for key, item in value.items()}
     if isinstance(value, list):
-        return [salted(item) for item in value]
+        return [salted(item, salt) for item in value]
     return value
 
 
-def with_hostile_text(sender: str, payload: dict[str, Any]) -> dict[str, Any]:
+def with_hostile_text(sender: str, payload: dict[str, Any], salt: str = HOSTILE) -> dict[str, Any]:
     """The sender's data (and Flagright's acting account) full of text that could break out."""
     result = dict(payload)
     if sender == "flipt":
-        result["payload"] = salted(payload["payload"])
+        result["payload"] = salted(payload["payload"], salt)
     elif "data" in payload:
-        result["data"] = salted(payload["data"])
+        result["data"] = salted(payload["data"], salt)
     else:  # Flagsmith's identity integration: the whole payload is the data
-        result = salted(payload)
+        result = salted(payload, salt)
     if sender == "flagright":
-        result["account"] = "analyst@example.com" + HOSTILE
+        result["account"] = "analyst@example.com" + salt
     return result
 
 
@@ -530,6 +530,21 @@ def test_flipt_large_payload_is_clipped_within_slack_limits() -> None:
     message = slack_message("flipt", payload)
     code_block = next(t for t in section_texts(message) if t.startswith("*Payload*"))
     assert code_block.endswith("…\n```")
+
+
+# -- clipping escaped text ------------------------------------------------------------------
+
+# Escaped, 13 characters per 3: long enough to be clipped at every limit the templates use.
+ENTITY_FLOOD = "&<>" * 1000
+
+
+@pytest.mark.parametrize(("sender", "s"), SAMPLES)
+def test_clipped_user_text_never_ends_inside_an_escaped_character(sender: str, s: Sample) -> None:
+    for shift in range(13):  # every position within `&amp;&lt;&gt;` for each clip
+        message = slack_message(
+            sender, with_hostile_text(sender, s.payload, "x" * shift + ENTITY_FLOOD)
+        )
+        assert_escaped(message)
 
 
 # -- the HTTP envelope -----------------------------------------------------------------------

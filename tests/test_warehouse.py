@@ -15,7 +15,6 @@ import hashlib
 import json
 import sqlite3
 import sys
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -869,7 +868,8 @@ def test_without_postgres_tests_skip_on_a_laptop_and_fail_under_ci(
 async def test_time_is_not_spent_waiting_for_max_wait_when_max_rows_is_reached(
     warehouse: Warehouse, write_config: ConfigWriter, start_relay: StartRelay
 ) -> None:
-    """A full batch is written at once: with max_wait 30s, ten events arrive in far less."""
+    """A full batch is written at once: with max_wait an hour, the ten events settle within
+    the test's deadline (seconds), so none waited for max_wait."""
     table = warehouse.new_table()
     relay = await start(
         write_config,
@@ -879,12 +879,10 @@ async def test_time_is_not_spent_waiting_for_max_wait_when_max_rows_is_reached(
             table,
             COUNTED,
             ["event_id"],
-            batch={"max_rows": 10, "max_wait": "30s"},
+            batch={"max_rows": 10, "max_wait": "1h"},
         ),
     )
-    started = time.monotonic()
     await post_all(relay, "/hooks/app", [{"id": f"f-{i}", "data": {"n": i}} for i in range(10)])
-    records = await settled(relay, 10, timeout_s=10)
+    records = await settled(relay, 10)
     assert set(states(records).values()) == {"delivered"}
-    assert time.monotonic() - started < 10
     assert await warehouse.count(table) == 10

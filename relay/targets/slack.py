@@ -17,6 +17,7 @@ from relay import config
 from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivered, Failed, Outcome, Retry
+from relay.filters import clip
 from relay.ratelimit import RateLimiter
 from relay.render import TemplateCompiler
 from relay.retry import RetryPolicy, parse_retry_after
@@ -48,7 +49,7 @@ def check_message(body: bytes) -> bytes:
             f"a Slack message has at most {MAX_BLOCKS} blocks; this one has {len(blocks)}"
         )
     if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
-        message["text"] = text[: MAX_TEXT_CHARS - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+        message["text"] = clip(text, MAX_TEXT_CHARS, TRUNCATION_MARKER)
         return json.dumps(message, ensure_ascii=False).encode()
     return body
 
