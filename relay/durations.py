@@ -30,3 +30,7 @@ def format_duration(value: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{round(seconds * 1000)}ms"
+
+
+def format_duration_s(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds))

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
 
 from relay.config import Retention
-from relay.durations import format_duration
+from relay.durations import format_duration_s
 from relay.errors import StoreError
 from relay.metrics import Metrics
 from relay.store.base import RetentionPolicy, Store
@@ -59,8 +58,8 @@ class Purger:
             log.info(
                 "retention: purged %d settled event(s) (retention: delivered %s, dead %s)",
                 purged,
-                _duration(self._retention.delivered_s),
-                _duration(self._retention.dead_s),
+                format_duration_s(self._retention.delivered_s),
+                format_duration_s(self._retention.dead_s),
             )
         return purged
 
@@ -70,7 +69,3 @@ class Purger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def _duration(seconds: float) -> str:
-    return format_duration(timedelta(seconds=seconds))

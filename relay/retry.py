@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from email.utils import parsedate_to_datetime
 
 from relay import config
-from relay.durations import format_duration
+from relay.durations import format_duration_s
 from relay.events import Delivered, Failed, Outcome, Retry
 
 # 408 Request Timeout, 425 Too Early, 429 Too Many Requests: the request may succeed later.
@@ -101,7 +100,3 @@ class RetryPolicy:
             spent = format_duration_s(self.max_elapsed_s)
             return GiveUp(f"{failure.reason}; gave up: next attempt would pass max_elapsed {spent}")
         return Schedule(now + delay)
-
-
-def format_duration_s(seconds: float) -> str:
-    return format_duration(timedelta(seconds=seconds))

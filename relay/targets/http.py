@@ -193,10 +193,10 @@ def build_http_target(
     origin, rest = split_url(target.url)
     path: CompiledTemplate | str = rest
     if "{{" in rest or "{%" in rest:
-        path = _compile_url(compiler, rest, f"{yaml_path}.url", problems) or rest
+        path = _compile(compiler.url, rest, f"{yaml_path}.url", problems) or rest
     headers: dict[str, CompiledTemplate] = {}
     for header, value in target.headers.items():
-        compiled = _compile(compiler, value, f"{yaml_path}.headers.{header}", problems)
+        compiled = _compile(compiler.inline, value, f"{yaml_path}.headers.{header}", problems)
         if compiled is not None:
             headers[header] = compiled
     body = compile_body(target.body, target.template, compiler, yaml_path, problems)
@@ -216,20 +216,13 @@ def build_http_target(
 
 
 def _compile(
-    compiler: TemplateCompiler, source: str, yaml_path: str, problems: list[str]
+    compile_template: Callable[[str, str], CompiledTemplate],
+    source: str,
+    yaml_path: str,
+    problems: list[str],
 ) -> CompiledTemplate | None:
     try:
-        return compiler.inline(source, yaml_path)
-    except ValueError as exc:
-        problems.append(f"{yaml_path}: {exc}")
-        return None
-
-
-def _compile_url(
-    compiler: TemplateCompiler, source: str, yaml_path: str, problems: list[str]
-) -> CompiledTemplate | None:
-    try:
-        return compiler.url(source, yaml_path)
+        return compile_template(source, yaml_path)
     except ValueError as exc:
         problems.append(f"{yaml_path}: {exc}")
         return None
