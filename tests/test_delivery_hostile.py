@@ -213,45 +213,29 @@ async def test_a_fault_in_the_store_does_not_stop_a_target_for_good(
     loop.set_exception_handler(None)
 
 
-ECHO_PROCESS_CONFIG = """\
-listen: "127.0.0.1:{port}"
-store: "sqlite:///relay.db"
-sources:
-  app: {{path: /hooks/app}}
-targets:
-  echo:
-    kind: http
-    url: "{url}/in"
-    headers: {{Authorization: "Bearer ${{ECHO_TOKEN}}"}}
-    sign: {{scheme: hmac-sha256, secret: {signing}}}
-    retry: {{initial: 10ms, max_interval: 20ms, max_elapsed: 30s, max_attempts: 5}}
-routes:
-  - targets: [echo]
-"""
-
-
 async def test_the_daemon_log_holds_no_credential_and_one_line_per_message(
     tmp_path: Path, echo: EchoReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A target that echoes everything in its 500 answers, five times, to a real `relay run`."""
+    """A target that echoes everything in its 500 answers, three times, to a real `relay run`."""
     monkeypatch.setenv("ECHO_TOKEN", TOKEN)
     port = free_port()
     config = tmp_path / "relay.yaml"
-    config.write_text(ECHO_PROCESS_CONFIG.format(port=port, url=echo.url, signing=SIGNING_SECRET))
+    listen = f'listen: "127.0.0.1:{port}"\n'
+    config.write_text(listen + ECHO_CONFIG.format(url=echo.url, signing=SIGNING_SECRET))
     relay = RelayProcess(config, port, tmp_path / "relay.log")
     relay.start()
     try:
         await relay.wait_ready()
         body = json.dumps({"id": "e1", "type": "t", "note": "line\nForged: yes\x1b[2J"})
         await post(relay, body.encode())
-        await echo.wait_for(5, timeout_s=20)
+        await echo.wait_for(3, timeout_s=20)
         await wait_until(lambda: "is dead" in relay.log.read_text(), 20, relay.output)
     finally:
         relay.stop_now()
     log = relay.log.read_text()
-    for credential in (TOKEN, SIGNING_SECRET):
+    for credential in CREDENTIALS:
         assert credential not in log, relay.output()
-    assert log.count("[redacted]") >= 5, relay.output()
+    assert log.count("[redacted]") >= 3, relay.output()
     assert "\x1b" not in log
     for line in log.splitlines():
         assert re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ |-----)", line), line
