@@ -182,6 +182,24 @@ async def post_event(
         return None
 
 
+async def post_until_refused(
+    session: aiohttp.ClientSession,
+    relay: RelayProcess,
+    poster: int,
+    max_posts: int,
+    acked: set[str],
+    refused: dict[str, int | None],
+) -> None:
+    """Post events p<poster>-0, -1, ... until one is not answered 202 (noted in `refused`)."""
+    for i in range(max_posts):
+        event_id = f"p{poster}-{i}"
+        status = await post_event(session, relay, event_id)
+        if status != 202:
+            refused[event_id] = status
+            return
+        acked.add(event_id)
+
+
 def event_ids(receiver: Receiver, start: int = 0) -> list[str]:
     """The Relay-Event-Id of every request the receiver got from index `start` on."""
     ids = []

@@ -26,6 +26,7 @@ from tests.process import (
     event_ids,
     free_port,
     post_event,
+    post_until_refused,
     relay_config,
     stored_deliveries,
 )
@@ -174,19 +175,13 @@ async def test_events_acknowledged_while_being_killed_are_delivered_after_restar
     acked: set[str] = set()
     unacked: dict[str, int | None] = {}
 
-    async def post_until_refused(session: aiohttp.ClientSession, poster: int) -> None:
-        for i in range(max_posts):
-            event_id = f"p{poster}-{i}"
-            status = await post_event(session, relay, event_id)
-            if status != 202:
-                unacked[event_id] = status
-                return
-            acked.add(event_id)
-
     # Generous: a post the kill cuts off fails at once; one slow on a loaded machine must not.
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = [asyncio.create_task(post_until_refused(session, n)) for n in range(posters)]
+        tasks = [
+            asyncio.create_task(post_until_refused(session, relay, n, max_posts, acked, unacked))
+            for n in range(posters)
+        ]
         try:
             await wait_until(
                 lambda: len(acked) >= kill_after or all(t.done() for t in tasks),
@@ -432,19 +427,13 @@ async def test_a_store_file_deleted_under_relay_stops_it_and_its_events_survive_
     acked: set[str] = set()
     refused: dict[str, int | None] = {}
 
-    async def post_until_refused(session: aiohttp.ClientSession, poster: int) -> None:
-        for i in range(max_posts):
-            event_id = f"p{poster}-{i}"
-            status = await post_event(session, relay, event_id)
-            if status != 202:
-                refused[event_id] = status
-                return
-            acked.add(event_id)
-
     db = tmp_path / "relay.db"
     failure = f"store {db} was deleted while relay was running"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        tasks = [asyncio.create_task(post_until_refused(session, n)) for n in range(posters)]
+        tasks = [
+            asyncio.create_task(post_until_refused(session, relay, n, max_posts, acked, refused))
+            for n in range(posters)
+        ]
         try:
             await wait_until(lambda: len(acked) >= delete_after, 15, relay.output)
             db.unlink()
