@@ -20,7 +20,7 @@ import time
 import uvloop
 from aiohttp import web
 
-from relay.config import Limits
+from relay.config import LimitsConfig
 from relay.server import RelayRunner
 
 
@@ -78,7 +78,7 @@ def build_app(kind: str) -> web.Application:
 def build_runner(app: web.Application, server: str) -> web.AppRunner:
     """aiohttp's own runner, or relay's (read deadline, connection cap, JSON refusals)."""
     if server == "relay":
-        return RelayRunner(app, Limits())
+        return RelayRunner(app, LimitsConfig())
     return web.AppRunner(app, access_log=None, handle_signals=False)
 
 

@@ -155,7 +155,7 @@ def make_events(count: int) -> list[Event]:
 
 def target_config(
     url: str, table: str, batch: int, concurrency: int | None = None
-) -> config.WarehouseTarget:
+) -> config.WarehouseTargetConfig:
     """relay's defaults but for the batch size (and, for `target1`, one batch at a time)."""
     spec = {
         "kind": "warehouse",
@@ -169,7 +169,7 @@ def target_config(
     }
     if concurrency is not None:
         spec["concurrency"] = concurrency
-    return config.WarehouseTarget.model_validate(spec)
+    return config.WarehouseTargetConfig.model_validate(spec)
 
 
 def build_target(

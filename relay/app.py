@@ -99,7 +99,7 @@ def compile_config(
 
 def build_target(
     name: str,
-    target: cfg.Target,
+    target: cfg.TargetConfig,
     compiler: TemplateCompiler,
     session: aiohttp.ClientSession,
     clock: Callable[[], float],
@@ -107,11 +107,11 @@ def build_target(
     problems: list[str],
 ) -> Target:
     """The target registry: one branch per `kind`."""
-    if isinstance(target, cfg.HttpTarget):
+    if isinstance(target, cfg.HttpTargetConfig):
         return build_http_target(name, target, compiler, session, clock, problems)
-    if isinstance(target, cfg.SlackTarget):
+    if isinstance(target, cfg.SlackTargetConfig):
         return build_slack_target(name, target, compiler, session, clock, problems)
-    if isinstance(target, cfg.WarehouseTarget):
+    if isinstance(target, cfg.WarehouseTargetConfig):
         return build_warehouse_target(name, target, compiler, problems)
     body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
     return ConsoleTarget(name, body, RetryPolicy.from_config(target.retry), out or sys.stdout)

@@ -41,7 +41,7 @@ SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
 NUL_IN_PATH = "a file path cannot contain a NUL character (\\0)"
 
 
-class HmacVerify(Model):
+class HmacVerifyConfig(Model):
     """Generic HMAC-SHA256 of the raw body, sent in one header."""
 
     scheme: Literal["hmac-sha256"]
@@ -51,37 +51,41 @@ class HmacVerify(Model):
     prefix: str = ""
 
 
-class FlagrightVerify(Model):
+class FlagrightVerifyConfig(Model):
     scheme: Literal["flagright"]
     secret: Secrets
 
 
-class FlagsmithVerify(Model):
+class FlagsmithVerifyConfig(Model):
     scheme: Literal["flagsmith"]
     secret: Secrets
 
 
-class FliptVerify(Model):
+class FliptVerifyConfig(Model):
     scheme: Literal["flipt"]
     secret: Secrets
 
 
-class StandardWebhooksVerify(Model):
+class StandardWebhooksVerifyConfig(Model):
     scheme: Literal["standard-webhooks"]
     secret: WhsecSecrets
     tolerance: Duration = timedelta(minutes=5)
 
 
-Verify = Annotated[
-    HmacVerify | FlagrightVerify | FlagsmithVerify | FliptVerify | StandardWebhooksVerify,
+VerifyConfig = Annotated[
+    HmacVerifyConfig
+    | FlagrightVerifyConfig
+    | FlagsmithVerifyConfig
+    | FliptVerifyConfig
+    | StandardWebhooksVerifyConfig,
     Field(discriminator="scheme"),
 ]
 VERIFY_SCHEMES = ("hmac-sha256", "flagright", "flagsmith", "flipt", "standard-webhooks")
 
 
-class Source(Model):
+class SourceConfig(Model):
     path: str
-    verify: Verify | None = None
+    verify: VerifyConfig | None = None
     sender: Literal["generic", "flagright", "flagsmith", "flipt", "standard-webhooks"] | None = None
     allow_ips: Networks | None = None
     trusted_proxies: Networks = Field(default_factory=list)
@@ -95,7 +99,7 @@ class Source(Model):
         return self.verify.scheme
 
     @model_validator(mode="after")
-    def _sender_matches_verify(self) -> Source:
+    def _sender_matches_verify(self) -> SourceConfig:
         scheme = self.verify.scheme if self.verify is not None else None
         if self.sender is not None and scheme not in (None, "hmac-sha256", self.sender):
             raise error("sender", f"sender {self.sender} does not match verify.scheme {scheme}")
@@ -113,7 +117,7 @@ class Source(Model):
         return path
 
 
-class Retry(Model):
+class RetryConfig(Model):
     initial: Duration = timedelta(milliseconds=500)
     multiplier: float = Field(default=2.0, ge=1.0)
     max_interval: Duration = timedelta(minutes=10)
@@ -121,32 +125,32 @@ class Retry(Model):
     max_attempts: int | None = Field(default=None, ge=1)
 
 
-class HmacSign(Model):
+class HmacSignConfig(Model):
     scheme: Literal["hmac-sha256"]
     secret: Secret
     header: HeaderName = "Relay-Signature"
 
 
-class StandardWebhooksSign(Model):
+class StandardWebhooksSignConfig(Model):
     scheme: Literal["standard-webhooks"]
     secret: WhsecSecret
 
 
-Sign = Annotated[HmacSign | StandardWebhooksSign, Field(discriminator="scheme")]
+SignConfig = Annotated[HmacSignConfig | StandardWebhooksSignConfig, Field(discriminator="scheme")]
 
 
-class _BodyMixin(Model):
+class _BodyConfig(Model):
     body: str | None = None
     template: str | None = None
 
     @model_validator(mode="after")
-    def _one_body_source(self) -> _BodyMixin:
+    def _one_body_source(self) -> _BodyConfig:
         if self.body is not None and self.template is not None:
             raise error("body", "set body or template, not both")
         return self
 
 
-class HttpTarget(_BodyMixin):
+class HttpTargetConfig(_BodyConfig):
     kind: Literal["http"]
     url: str
     method: str = "POST"
@@ -154,8 +158,8 @@ class HttpTarget(_BodyMixin):
     timeout: Duration = timedelta(seconds=10)
     concurrency: int = Field(default=4, ge=1, le=1024)
     max_per_second: float | None = Field(default=None, gt=0)
-    sign: Sign | None = None
-    retry: Retry = Retry()
+    sign: SignConfig | None = None
+    retry: RetryConfig = RetryConfig()
 
     @field_validator("url")
     @classmethod
@@ -171,14 +175,14 @@ class HttpTarget(_BodyMixin):
         return method.upper()
 
 
-class SlackTarget(_BodyMixin):
+class SlackTargetConfig(_BodyConfig):
     """A Slack incoming webhook; the template renders the message JSON."""
 
     kind: Literal["slack"]
     url: str
     timeout: Duration = timedelta(seconds=10)
     max_per_second: float = Field(default=1.0, gt=0)  # Slack's documented limit
-    retry: Retry = Retry()
+    retry: RetryConfig = RetryConfig()
 
     @field_validator("url")
     @classmethod
@@ -189,43 +193,43 @@ class SlackTarget(_BodyMixin):
         return url
 
     @model_validator(mode="after")
-    def _needs_a_message(self) -> SlackTarget:
+    def _needs_a_message(self) -> SlackTargetConfig:
         if self.body is None and self.template is None:
             raise error("template", "a Slack target needs a template (or body) for the message")
         return self
 
 
-class ConsoleTarget(_BodyMixin):
+class ConsoleTargetConfig(_BodyConfig):
     kind: Literal["console"]
-    retry: Retry = Retry()
+    retry: RetryConfig = RetryConfig()
 
 
-class Column(Model):
+class ColumnConfig(Model):
     value: str  # a Jinja expression over `event`, `target` and, with `rows`, `row`
     type: Literal["text", "bigint", "double", "boolean", "timestamptz", "jsonb"] = "text"
 
 
-class Batch(Model):
+class BatchConfig(Model):
     max_rows: int = Field(default=1000, ge=1, le=100_000)
     max_wait: Duration = timedelta(seconds=1)
 
 
-class WarehouseTarget(Model):
+class WarehouseTargetConfig(Model):
     """Rows into PostgreSQL (and what speaks its protocol) or an embedded DuckDB file."""
 
     kind: Literal["warehouse"]
     url: str
     table: Annotated[str, AfterValidator(table_name)]
-    columns: dict[Identifier, Column] = Field(min_length=1)
+    columns: dict[Identifier, ColumnConfig] = Field(min_length=1)
     rows: str | None = None  # a Jinja expression giving a list: one row per item
     key: list[Identifier] = Field(min_length=1)
     create_table: bool = False
-    batch: Batch = Batch()
+    batch: BatchConfig = BatchConfig()
     # Batches written at once, each on its own connection: PostgreSQL 2 by default (one
     # being written while the server commits another), DuckDB always 1 (one writer per file).
     concurrency: int | None = Field(default=None, ge=1, le=16)
     timeout: Duration = timedelta(seconds=30)
-    retry: Retry = Retry()
+    retry: RetryConfig = RetryConfig()
 
     @property
     def batches_at_once(self) -> int:
@@ -250,7 +254,7 @@ class WarehouseTarget(Model):
         return url
 
     @model_validator(mode="after")
-    def _key_in_columns(self) -> WarehouseTarget:
+    def _key_in_columns(self) -> WarehouseTargetConfig:
         missing = [name for name in self.key if name not in self.columns]
         if missing:
             raise error("key", f"key column(s) not in columns: {', '.join(missing)}")
@@ -265,12 +269,13 @@ class WarehouseTarget(Model):
         return concurrency
 
 
-Target = Annotated[
-    HttpTarget | SlackTarget | WarehouseTarget | ConsoleTarget, Field(discriminator="kind")
+TargetConfig = Annotated[
+    HttpTargetConfig | SlackTargetConfig | WarehouseTargetConfig | ConsoleTargetConfig,
+    Field(discriminator="kind"),
 ]
 
 
-class Route(Model):
+class RouteConfig(Model):
     sources: list[str] | None = None
     types: list[str] | None = None
     when: str | None = None
@@ -292,7 +297,7 @@ class Route(Model):
         return value
 
 
-class Limits(Model):
+class LimitsConfig(Model):
     """What one client may take from relay; README's Limits section says what exceeding gives."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1)  # counted after Content-Encoding
@@ -301,7 +306,7 @@ class Limits(Model):
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
-class Retention(Model):
+class RetentionConfig(Model):
     """How long an event stays in the store once its deliveries are delivered, or dead."""
 
     delivered: Duration = timedelta(days=7)
@@ -311,12 +316,12 @@ class Retention(Model):
 class Config(Model):
     listen: str = "127.0.0.1:8080"
     store: str = "sqlite:///var/relay.db"
-    retention: Retention = Retention()
-    limits: Limits = Limits()
+    retention: RetentionConfig = RetentionConfig()
+    limits: LimitsConfig = LimitsConfig()
     templates_dir: str = "templates"
-    sources: dict[str, Source] = Field(default_factory=dict)
-    targets: dict[str, Target] = Field(default_factory=dict)
-    routes: list[Route] = Field(default_factory=list)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(default_factory=list)
     # Values of `${VAR}` references in credential-bearing fields (headers, urls, secrets,
     # store), which the loader records so that logs and stored errors never show them.
     _credentials_from_env: tuple[str, ...] = PrivateAttr(default=())

@@ -37,6 +37,11 @@ class Event:
         return {name: read(self) for name, read in TEMPLATE_FIELDS.items()}
 
 
+def template_context(event: Event, target_name: str) -> dict[str, Any]:
+    """What a target's templates see: the event, and the target's own name."""
+    return {"event": event.template_context(), "target": {"name": target_name}}
+
+
 def _iso(epoch_s: float | None) -> str | None:
     return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC).isoformat()
 

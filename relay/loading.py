@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from relay.addresses import split_url
-from relay.config import Config, Target, WarehouseTarget
+from relay.config import Config, TargetConfig, WarehouseTargetConfig
 from relay.config_errors import Loc, Problem, describe, format_loc
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
@@ -314,8 +314,8 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     )
 
 
-def _resolve_target(target: Target, base_dir: Path) -> Target:
-    if not isinstance(target, WarehouseTarget) or not target.url.startswith("duckdb:///"):
+def _resolve_target(target: TargetConfig, base_dir: Path) -> TargetConfig:
+    if not isinstance(target, WarehouseTargetConfig) or not target.url.startswith("duckdb:///"):
         return target
     path = target.url.removeprefix("duckdb:///")
     if not path.startswith("/"):

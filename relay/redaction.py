@@ -66,23 +66,23 @@ def config_secrets(cfg: config.Config) -> list[str]:
     return found
 
 
-def _target_secrets(target: config.Target) -> Iterator[str]:
-    if isinstance(target, config.HttpTarget):
+def _target_secrets(target: config.TargetConfig) -> Iterator[str]:
+    if isinstance(target, config.HttpTargetConfig):
         if target.sign is not None:
             yield target.sign.secret.get_secret_value()
         for name, value in target.headers.items():
             if SENSITIVE_HEADER.search(name):
                 yield value
-    if isinstance(target, config.SlackTarget):
+    if isinstance(target, config.SlackTargetConfig):
         yield target.url
-    if isinstance(target, config.WarehouseTarget):
+    if isinstance(target, config.WarehouseTargetConfig):
         password = urlsplit(target.url).password
         if password:
             yield password
 
 
 def redact_request(
-    request: OutboundRequest, redactor: Redactor, target: config.Target
+    request: OutboundRequest, redactor: Redactor, target: config.TargetConfig
 ) -> OutboundRequest:
     """A request to show: credential headers, values holding a secret, Slack's url path."""
     headers = {
@@ -90,7 +90,7 @@ def redact_request(
         for name, value in request.headers.items()
     }
     url = request.url
-    if isinstance(target, config.SlackTarget):
+    if isinstance(target, config.SlackTargetConfig):
         origin, _ = split_url(url)
         url = f"{origin}/{REDACTED}"
     return OutboundRequest(request.method, url, headers, request.body)

@@ -1,4 +1,4 @@
-"""Retention on a timer: settled events leave the store, so that its file stops growing.
+"""RetentionConfig on a timer: settled events leave the store, so that its file stops growing.
 
 What may go is the store's rule (`RetentionPolicy` in store/base.py); this module only runs
 a pass at start and then every `interval_s`, and logs one line per pass that purged anything.
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from relay.config import Retention
+from relay.config import RetentionConfig
 from relay.durations import format_duration_s
 from relay.errors import StoreError
 from relay.metrics import Metrics
@@ -22,7 +22,7 @@ log = logging.getLogger("relay.retention")
 PURGE_INTERVAL_S = 60.0
 
 
-def retention_policy(config: Retention) -> RetentionPolicy:
+def retention_policy(config: RetentionConfig) -> RetentionPolicy:
     return RetentionPolicy(config.delivered.total_seconds(), config.dead.total_seconds())
 
 

@@ -63,7 +63,7 @@ class RetryPolicy:
     max_attempts: int | None
 
     @classmethod
-    def from_config(cls, retry: config.Retry) -> RetryPolicy:
+    def from_config(cls, retry: config.RetryConfig) -> RetryPolicy:
         return cls(
             initial_s=retry.initial.total_seconds(),
             multiplier=retry.multiplier,

@@ -87,7 +87,7 @@ class Router:
 
 
 def compile_routes(
-    routes: Sequence[config.Route],
+    routes: Sequence[config.RouteConfig],
     compile_expression: Callable[[str, str], Predicate],
     problems: list[str],
 ) -> Router:

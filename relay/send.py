@@ -51,7 +51,9 @@ def _go_html_escape(text: str) -> str:
     return text
 
 
-def sign_request(source: config.Source, payload: Any, now: Callable[[], float]) -> SignedRequest:
+def sign_request(
+    source: config.SourceConfig, payload: Any, now: Callable[[], float]
+) -> SignedRequest:
     """Serialise `payload` as the source's sender does and sign it with the first secret."""
     body = serialise(source.reads_as, payload)
     headers = {"Content-Type": "application/json"}
@@ -59,7 +61,7 @@ def sign_request(source: config.Source, payload: Any, now: Callable[[], float]) 
     if verify is None:
         return SignedRequest(body, headers)
     secret = secret_values(verify.secret)[0]
-    if isinstance(verify, config.StandardWebhooksVerify):
+    if isinstance(verify, config.StandardWebhooksVerifyConfig):
         msg_id = f"msg_{uuid.uuid4().hex}"
         timestamp = int(now())
         key = standard_webhooks_key(secret)
@@ -68,7 +70,7 @@ def sign_request(source: config.Source, payload: Any, now: Callable[[], float]) 
         headers["webhook-signature"] = standard_webhooks_signature(key, msg_id, timestamp, body)
         return SignedRequest(body, headers)
     digest = hmac_sha256(secret.encode(), body)
-    if isinstance(verify, config.HmacVerify):
+    if isinstance(verify, config.HmacVerifyConfig):
         encoded = digest.hex() if verify.encoding == "hex" else _b64(digest)
         headers[verify.header] = verify.prefix + encoded
         return SignedRequest(body, headers)

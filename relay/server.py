@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
-from relay.config import Limits
+from relay.config import LimitsConfig
 from relay.connections import Connections
 from relay.durations import format_duration
 from relay.refusals import BodyAbandoned, describe_error, refusal
@@ -259,7 +259,7 @@ class RelayRunner(web.AppRunner):
     def __init__(
         self,
         app: web.Application,
-        limits: Limits,
+        limits: LimitsConfig,
         *,
         max_connections: int | None = None,
         shutdown_timeout_s: float = 60.0,

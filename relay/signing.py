@@ -27,9 +27,9 @@ def standard_webhooks_signature(key: bytes, msg_id: str, timestamp: int, body: b
     return "v1," + base64.b64encode(mac).decode()
 
 
-def build_signer(sign: config.HmacSign | config.StandardWebhooksSign) -> HeaderSigner:
+def build_signer(sign: config.HmacSignConfig | config.StandardWebhooksSignConfig) -> HeaderSigner:
     """A function (body, message id, unix time) -> headers to add."""
-    if isinstance(sign, config.HmacSign):
+    if isinstance(sign, config.HmacSignConfig):
         hmac_key = sign.secret.get_secret_value().encode()
         header = sign.header
 

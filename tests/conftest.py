@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
 from relay.app import STORE, create_app
-from relay.config import Config, Limits
+from relay.config import Config, LimitsConfig
 from relay.connections import Connections
 from relay.loading import load_config
 from relay.server import RelayRunner
@@ -143,7 +143,7 @@ class Relay:
 class RelayTestServer(TestServer):
     """A TestServer serving through relay's own runner, as `relay run` does."""
 
-    def __init__(self, app: web.Application, limits: Limits) -> None:
+    def __init__(self, app: web.Application, limits: LimitsConfig) -> None:
         super().__init__(app, host="127.0.0.1")
         self.limits = limits
 

@@ -12,7 +12,13 @@ import aiohttp
 import pytest
 
 from relay.app import compile_config
-from relay.config import Config, ConsoleTarget, HmacVerify, HttpTarget, StandardWebhooksSign
+from relay.config import (
+    Config,
+    ConsoleTargetConfig,
+    HmacVerifyConfig,
+    HttpTargetConfig,
+    StandardWebhooksSignConfig,
+)
 from relay.durations import format_duration, parse_duration
 from relay.envsubst import BadReference, MissingVariable, expand
 from relay.errors import ConfigError
@@ -78,13 +84,13 @@ async def test_valid_config_loads_with_every_field_and_compiles(
 ) -> None:
     config = load_config(write_config(VALID, {"envelope.j2": ENVELOPE}), {})
     audit = config.targets["audit"]
-    assert isinstance(audit, HttpTarget)
+    assert isinstance(audit, HttpTargetConfig)
     assert audit.method == "PUT"
     assert audit.timeout == timedelta(milliseconds=1500)
     assert audit.retry.max_elapsed == timedelta(days=3)
     assert audit.retry.max_attempts == 10
-    assert isinstance(audit.sign, StandardWebhooksSign)
-    assert isinstance(config.sources["shop"].verify, HmacVerify)
+    assert isinstance(audit.sign, StandardWebhooksSignConfig)
+    assert isinstance(config.sources["shop"].verify, HmacVerifyConfig)
     assert config.sources["shop"].verify.encoding == "base64"
     async with aiohttp.ClientSession() as session:
         compiled = compile_config(config, session)
@@ -614,7 +620,7 @@ def test_env_variables_are_expanded_with_defaults_and_escapes(write_config: Conf
     assert config.limits.max_body_bytes == 2048  # a string from the environment, then an int
     assert config.sources["shop"].path == "/hooks/shop"
     target = config.targets["t"]
-    assert isinstance(target, HttpTarget)
+    assert isinstance(target, HttpTargetConfig)
     # A value from the environment is not expanded again; `$$` is a literal `$`.
     assert target.headers == {"Authorization": "Bearer tok-${PORT}", "X-Cost": "$5 for ${HOME}"}
     assert config.routes[0].targets == ["t"]
@@ -632,7 +638,7 @@ def test_empty_variable_takes_the_default_as_in_the_shell(write_config: ConfigWr
     config = load_config(write_config(ENV_CONFIG), {"HOST": "", "PORT": "1", "TOKEN": ""})
     assert config.listen == "127.0.0.1:1"
     target = config.targets["t"]
-    assert isinstance(target, HttpTarget)
+    assert isinstance(target, HttpTargetConfig)
     assert target.headers["Authorization"] == "Bearer "  # set but empty, no default: empty
 
 
@@ -875,7 +881,7 @@ def test_yaml_merge_keys_may_be_overridden(write_config: ConfigWriter) -> None:
     """
     config = load_config(write_config(yaml_text), {})
     merged = config.targets["b"]
-    assert isinstance(merged, ConsoleTarget)
+    assert isinstance(merged, ConsoleTargetConfig)
     assert merged.body == "b"
 
 

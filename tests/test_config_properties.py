@@ -20,7 +20,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config, Source
+from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config, SourceConfig
 from relay.errors import ConfigError
 from relay.fields import yaml_key
 from relay.loading import MAX_VALUES, load_config
@@ -411,7 +411,7 @@ def test_a_key_that_is_no_string_where_fields_go_is_an_unknown_key(
 ) -> None:
     yaml_text = "null: 1\nsources: {s: {path: /s, 7: x}}\n"
     assert problems_of(write_config, yaml_text) == [
-        f"sources.s.7: unknown key; valid keys here: {', '.join(Source.model_fields)}",
+        f"sources.s.7: unknown key; valid keys here: {', '.join(SourceConfig.model_fields)}",
         f"null: unknown key; valid keys here: {', '.join(Config.model_fields)}",
     ]
 

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from relay.config import Limits
+from relay.config import LimitsConfig
 from relay.connections import Connections, Tally
 from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
 from tests.conftest import ConfigWriter, Relay, RelayTestServer, StartRelay
@@ -69,7 +69,7 @@ async def answered(relay: Relay, event_id: str) -> None:
 
 
 def test_limits_defaults_fit_a_sidecar() -> None:
-    limits = Limits()
+    limits = LimitsConfig()
     assert limits.max_body_bytes == 1_048_576
     assert limits.read_timeout == timedelta(seconds=15)
     assert limits.idle_timeout == timedelta(seconds=75)
@@ -301,7 +301,7 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused_with_503() -> 
 
     app = web.Application()
     app.router.add_get("/work", slow_work)
-    client: TestClient[Any, Any] = TestClient(RelayTestServer(app, Limits(max_connections=2)))
+    client: TestClient[Any, Any] = TestClient(RelayTestServer(app, LimitsConfig(max_connections=2)))
     await client.start_server()
     try:
         busy = [asyncio.create_task(client.get("/work")) for _ in range(2)]
@@ -380,7 +380,7 @@ async def test_a_client_that_leaves_mid_body_of_any_handler_is_one_info_line(
 
     app = web.Application()
     app.router.add_post("/read", read_all)
-    server = RelayTestServer(app, Limits())
+    server = RelayTestServer(app, LimitsConfig())
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:
@@ -497,7 +497,7 @@ async def test_a_handler_bug_is_a_json_500_with_its_traceback_logged(
 
     app = web.Application()
     app.router.add_get("/broken", broken)
-    client: TestClient[Any, Any] = TestClient(RelayTestServer(app, Limits()))
+    client: TestClient[Any, Any] = TestClient(RelayTestServer(app, LimitsConfig()))
     await client.start_server()
     try:
         response = await client.get("/broken")

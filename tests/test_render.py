@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from relay.errors import RenderError
-from relay.events import Event
+from relay.events import Event, template_context
 from relay.render import TemplateCompiler
-from relay.targets.base import template_context
 
 EVENT = Event(
     source="flagright",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Route
+from relay.config import RouteConfig
 from relay.render import TemplateCompiler
 from relay.router import compile_routes, compile_type_globs
 from tests.conftest import ConfigWriter, StartRelay
@@ -89,5 +89,7 @@ def test_type_globs_are_anchored_and_case_sensitive() -> None:
 def test_a_when_that_does_not_compile_is_a_config_problem(tmp_path: Path) -> None:
     compiler = TemplateCompiler(tmp_path)
     problems: list[str] = []
-    compile_routes([Route(when="event.type ==", targets=["a"])], compiler.expression, problems)
+    compile_routes(
+        [RouteConfig(when="event.type ==", targets=["a"])], compiler.expression, problems
+    )
     assert problems == ["routes[0].when: invalid expression: unexpected 'end of template'"]

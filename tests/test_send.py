@@ -36,8 +36,8 @@ def test_flipt_is_go_json_marshal_compact_with_html_escapes() -> None:
     assert json.loads(serialise("flipt", EVENT)) == EVENT
 
 
-def source(verify: Mapping[str, object]) -> config.Source:
-    return config.Source.model_validate({"path": "/x", "verify": verify})
+def source(verify: Mapping[str, object]) -> config.SourceConfig:
+    return config.SourceConfig.model_validate({"path": "/x", "verify": verify})
 
 
 def test_sign_request_uses_each_senders_header() -> None:

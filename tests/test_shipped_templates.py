@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 
 from relay import preview
-from relay.events import Event
+from relay.events import Event, template_context
 from relay.filters import format_time, slack_escape
 from relay.render import TemplateCompiler
 from relay.samples import Sample, sample, samples
 from relay.send import serialise
-from relay.targets.base import template_context
 from relay.targets.slack import check_message
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

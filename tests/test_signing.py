@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
-from relay.config import HmacSign, StandardWebhooksSign
+from relay.config import HmacSignConfig, StandardWebhooksSignConfig
 from relay.signing import build_signer, standard_webhooks_key, standard_webhooks_signature
 
 # The Standard Webhooks / Svix reference test vector.
@@ -20,7 +20,7 @@ SW_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 def test_hmac_sha256_signer_matches_openssl_vector() -> None:
     # printf %s hello | openssl dgst -sha256 -hmac key
-    signer = build_signer(HmacSign(scheme="hmac-sha256", secret=SecretStr("key")))
+    signer = build_signer(HmacSignConfig(scheme="hmac-sha256", secret=SecretStr("key")))
     assert signer(b"hello", "ignored", 0) == {
         "Relay-Signature": "9307b3b915efb5171ff14d8cb55fbcc798c6c0ef1456d66ded1a6aa723a58b7b"
     }
@@ -28,7 +28,7 @@ def test_hmac_sha256_signer_matches_openssl_vector() -> None:
 
 def test_hmac_sha256_signer_uses_the_configured_header() -> None:
     signer = build_signer(
-        HmacSign(scheme="hmac-sha256", secret=SecretStr("key"), header="X-Hub-Signature")
+        HmacSignConfig(scheme="hmac-sha256", secret=SecretStr("key"), header="X-Hub-Signature")
     )
     assert list(signer(b"hello", "id", 0)) == ["X-Hub-Signature"]
 
@@ -40,7 +40,7 @@ def test_standard_webhooks_signature_matches_reference_vector() -> None:
 
 def test_standard_webhooks_headers_verify_with_the_reference_library() -> None:
     signer = build_signer(
-        StandardWebhooksSign(scheme="standard-webhooks", secret=SecretStr(SW_SECRET))
+        StandardWebhooksSignConfig(scheme="standard-webhooks", secret=SecretStr(SW_SECRET))
     )
     now = int(datetime.now(UTC).timestamp())
     headers = signer(SW_BODY, "msg_relay_1", now)

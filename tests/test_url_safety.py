@@ -16,10 +16,10 @@ import pytest
 
 from relay.cli import main
 from relay.errors import ConfigError, RenderError
-from relay.events import Delivery, Event
+from relay.events import Delivery, Event, template_context
 from relay.loading import load_config
 from relay.render import TemplateCompiler
-from relay.targets.base import BodyRenderer, template_context
+from relay.targets.base import BodyRenderer
 from relay.targets.http import HttpRequestBuilder, wire_origin
 from relay.urltemplate import (
     UrlText,

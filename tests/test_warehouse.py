@@ -527,7 +527,7 @@ async def test_the_writer_isolates_bad_deliveries_within_one_batch(warehouse: Wa
     """The same, without relay around it: one `write` call is one batch, by construction."""
     table = warehouse.new_table()
     await warehouse.execute(CHECKED_TABLE.format(table=table))
-    spec = config.WarehouseTarget.model_validate(
+    spec = config.WarehouseTargetConfig.model_validate(
         target(warehouse.url, table, CHECKED_COLUMNS, ["event_id"], create_table=False)
     )
     writer = open_writer(spec)

@@ -35,7 +35,7 @@ async def pg() -> AsyncIterator[Postgres]:
 def writer_for(
     pg: Postgres, table: str, columns: dict[str, str], key: list[str], **options: Any
 ) -> Writer:
-    spec = config.WarehouseTarget.model_validate(
+    spec = config.WarehouseTargetConfig.model_validate(
         {
             "kind": "warehouse",
             "url": pg.url,
@@ -153,11 +153,11 @@ def test_duckdb_takes_one_batch_at_a_time() -> None:
         "columns": {"id": {"value": "event.id"}},
         "key": ["id"],
     }
-    assert config.WarehouseTarget.model_validate(base).batches_at_once == 1
+    assert config.WarehouseTargetConfig.model_validate(base).batches_at_once == 1
     postgres_target = {**base, "url": "postgresql://127.0.0.1/db"}
-    assert config.WarehouseTarget.model_validate(postgres_target).batches_at_once == 2
+    assert config.WarehouseTargetConfig.model_validate(postgres_target).batches_at_once == 2
     with pytest.raises(ValueError, match="DuckDB writes one batch at a time"):
-        config.WarehouseTarget.model_validate({**base, "concurrency": 2})
+        config.WarehouseTargetConfig.model_validate({**base, "concurrency": 2})
 
 
 async def test_non_finite_doubles_and_awkward_text_go_in_as_they_are(pg: Postgres) -> None:

@@ -30,7 +30,7 @@ NOW = 1731404490.25
 
 
 def mapper(columns: dict[str, tuple[str, str]], rows: str | None = None) -> RowMapper:
-    spec = config.WarehouseTarget.model_validate(
+    spec = config.WarehouseTargetConfig.model_validate(
         {
             "kind": "warehouse",
             "url": "duckdb:///unused.duckdb",
@@ -50,7 +50,7 @@ def example_mappers() -> dict[str, RowMapper]:
     loaded = load_config(ROOT / "config.example.yaml", {})
     mappers = {}
     for name, target in loaded.targets.items():
-        if isinstance(target, config.WarehouseTarget):
+        if isinstance(target, config.WarehouseTargetConfig):
             problems: list[str] = []
             mappers[name] = build_warehouse_target(name, target, COMPILER, problems).mapper
             assert problems == []

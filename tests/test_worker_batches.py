@@ -34,7 +34,7 @@ class GroupTarget:
     concurrency = 7
     batch_size = 3
     lease_s = 30.0
-    policy = RetryPolicy.from_config(config.Retry())
+    policy = RetryPolicy.from_config(config.RetryConfig())
 
     def __init__(self, answer: Callable[[Delivery], Outcome]) -> None:
         self.answer = answer

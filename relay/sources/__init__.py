@@ -23,16 +23,16 @@ READERS: dict[str, Reader] = {
 }
 
 
-def build_verifier(verify: config.Verify, clock: Callable[[], float]) -> Verifier:
+def build_verifier(verify: config.VerifyConfig, clock: Callable[[], float]) -> Verifier:
     secrets = secret_values(verify.secret)
     keys = [secret.encode() for secret in secrets]
-    if isinstance(verify, config.HmacVerify):
+    if isinstance(verify, config.HmacVerifyConfig):
         return build_hmac_verifier(keys, verify.header, verify.encoding, verify.prefix)
-    if isinstance(verify, config.FlagrightVerify):
+    if isinstance(verify, config.FlagrightVerifyConfig):
         return flagright.build_verifier(keys)
-    if isinstance(verify, config.FlagsmithVerify):
+    if isinstance(verify, config.FlagsmithVerifyConfig):
         return flagsmith.build_verifier(keys)
-    if isinstance(verify, config.FliptVerify):
+    if isinstance(verify, config.FliptVerifyConfig):
         return flipt.build_verifier(keys)
     sw_keys = [standard_webhooks_key(secret) for secret in secrets]
     return standard_webhooks.build_verifier(sw_keys, verify.tolerance.total_seconds(), clock)

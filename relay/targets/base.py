@@ -51,10 +51,6 @@ class BatchTarget(Target, Protocol):
         ...
 
 
-def template_context(event: Event, target_name: str) -> dict[str, Any]:
-    return {"event": event.template_context(), "target": {"name": target_name}}
-
-
 class BodyRenderer:
     """Renders a target's body: its template, or by default the bytes the sender sent."""
 

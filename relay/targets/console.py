@@ -6,9 +6,9 @@ import json
 from typing import TextIO
 
 from relay.errors import RenderError
-from relay.events import Delivered, Delivery, Failed, Outcome
+from relay.events import Delivered, Delivery, Failed, Outcome, template_context
 from relay.retry import RetryPolicy
-from relay.targets.base import BodyRenderer, OutboundRequest, template_context
+from relay.targets.base import BodyRenderer, OutboundRequest
 from relay.textsafety import escape_controls, escape_controls_json
 
 

@@ -12,7 +12,7 @@ import yarl
 from relay import __version__, config
 from relay.addresses import split_url
 from relay.errors import RenderError
-from relay.events import Delivery, Failed, Outcome, Retry
+from relay.events import Delivery, Failed, Outcome, Retry, template_context
 from relay.ratelimit import RateLimiter
 from relay.render import CompiledTemplate, TemplateCompiler
 from relay.retry import RetryPolicy, classify_status
@@ -23,7 +23,6 @@ from relay.targets.base import (
     check_json,
     compile_body,
     is_json_content_type,
-    template_context,
 )
 from relay.textsafety import header_value_problem
 
@@ -183,7 +182,7 @@ def classify_http(status: int, text: str, retry_after: str | None, now: float) -
 
 def build_http_target(
     name: str,
-    target: config.HttpTarget,
+    target: config.HttpTargetConfig,
     compiler: TemplateCompiler,
     session: aiohttp.ClientSession,
     clock: Callable[[], float],

@@ -67,7 +67,7 @@ def classify_slack(status: int, text: str, retry_after: str | None, now: float) 
 
 def build_slack_target(
     name: str,
-    target: config.SlackTarget,
+    target: config.SlackTargetConfig,
     compiler: TemplateCompiler,
     session: aiohttp.ClientSession,
     clock: Callable[[], float],

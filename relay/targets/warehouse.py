@@ -105,7 +105,7 @@ class WarehouseTarget:
         name: str,
         mapper: RowMapper,
         writer: Writer,
-        batch: config.Batch,
+        batch: config.BatchConfig,
         batches_at_once: int,
         timeout_s: float,
         policy: RetryPolicy,
@@ -161,7 +161,7 @@ class WarehouseTarget:
 
 def build_warehouse_target(
     name: str,
-    target: config.WarehouseTarget,
+    target: config.WarehouseTargetConfig,
     compiler: TemplateCompiler,
     problems: list[str],
 ) -> WarehouseTarget:
@@ -193,7 +193,7 @@ def build_warehouse_target(
     )
 
 
-def open_writer(target: config.WarehouseTarget) -> Writer:
+def open_writer(target: config.WarehouseTargetConfig) -> Writer:
     """The writer for the url's database; nothing connects until the first batch."""
     columns = [(name, spec.type) for name, spec in target.columns.items()]
     if target.url.startswith("duckdb:///"):

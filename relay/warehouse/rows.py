@@ -18,8 +18,7 @@ from typing import Any
 import jinja2
 
 from relay.errors import RenderError
-from relay.events import TEMPLATE_FIELDS, Event
-from relay.targets.base import template_context
+from relay.events import TEMPLATE_FIELDS, Event, template_context
 from relay.warehouse.convert import convert, converter
 
 Expression = Callable[[Mapping[str, Any]], Any]
