@@ -70,7 +70,8 @@ from relay.events import Delivered, Delivery, Event
 from relay.metrics import Metrics
 from relay.render import TemplateCompiler
 from relay.store.base import AttemptResult, Store
-from relay.targets.warehouse import WarehouseTarget, build_warehouse_target
+from relay.targets.warehouse import WarehouseTarget, plan_warehouse_target
+from relay.templatefields import COMPILER
 from relay.warehouse.base import Writer
 from relay.warehouse.postgres import PG_TYPES, PostgresWriter
 from relay.warehouse.rows import Row, RowMapper
@@ -154,7 +155,11 @@ def make_events(count: int) -> list[Event]:
 
 
 def target_config(
-    url: str, table: str, batch: int, concurrency: int | None = None
+    url: str,
+    table: str,
+    batch: int,
+    concurrency: int | None = None,
+    templates: Path = Path("templates"),
 ) -> config.WarehouseTargetConfig:
     """relay's defaults but for the batch size (and, for `target1`, one batch at a time)."""
     spec = {
@@ -169,18 +174,15 @@ def target_config(
     }
     if concurrency is not None:
         spec["concurrency"] = concurrency
-    return config.WarehouseTargetConfig.model_validate(spec)
+    context = {COMPILER: TemplateCompiler(templates)}
+    return config.WarehouseTargetConfig.model_validate(spec, context=context)
 
 
 def build_target(
     url: str, table: str, batch: int, templates: Path, concurrency: int | None = None
 ) -> WarehouseTarget:
-    problems: list[str] = []
-    spec = target_config(url, table, batch, concurrency)
-    target = build_warehouse_target("bench", spec, TemplateCompiler(templates), problems)
-    if problems:
-        raise SystemExit(f"bench config problems: {problems}")
-    return target
+    spec = target_config(url, table, batch, concurrency, templates)
+    return plan_warehouse_target("bench", spec).target()
 
 
 def chunks(rows: Sequence[Row], size: int) -> list[Sequence[Row]]:

@@ -1,4 +1,9 @@
-"""The composition root: config → store → templates → router → targets → workers → server."""
+"""The composition root: config → compiled config → resources → workers → server.
+
+Compiling is pure (`relay.compiled`); every resource is then opened in a cleanup context of
+its own, in order, and closed in reverse: the HTTP client session, the store, the targets
+bound to them, the delivery workers, the retention purger.
+"""
 
 from __future__ import annotations
 
@@ -6,119 +11,125 @@ import logging
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TextIO
 
 import aiohttp
 from aiohttp import web
 
-from relay import config as cfg
-from relay.allowlist import parse_networks
-from relay.delivery import Dispatcher
-from relay.errors import ConfigError
-from relay.inbound import CompiledSource, Ingest, fallback
+from relay.compiled import CompiledConfig, compile_config
+from relay.config import Config
+from relay.delivery import SHUTDOWN_GRACE_S, Dispatcher
+from relay.inbound import Ingest
 from relay.metrics import Metrics
 from relay.redaction import Redactor, config_secrets
-from relay.render import TemplateCompiler
 from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
-from relay.retry import RetryPolicy
-from relay.router import Router, compile_routes
-from relay.sources import READERS, build_verifier
 from relay.store import open_store
 from relay.store.base import Store
-from relay.targets.base import Target, compile_body
-from relay.targets.console import ConsoleTarget
-from relay.targets.http import build_http_target
-from relay.targets.slack import build_slack_target
-from relay.targets.warehouse import build_warehouse_target
+from relay.targets.base import Resources, Target
 
 log = logging.getLogger("relay")
 
-SHUTDOWN_GRACE_S = 10.0
-
 STORE = web.AppKey("store", Store)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+HEALTH_PATHS = {"/healthz": "GET", "/metrics": "GET"}
 
 
-@dataclass
-class Compiled:
-    """Everything the config describes, compiled and cross-checked, before a port is bound."""
+class Daemon:
+    """One relay: its compiled config, and the resources it binds that config to."""
 
-    config: cfg.Config
-    sources: list[CompiledSource]
-    router: Router
-    targets: dict[str, Target]
-    warnings: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.sources)} sources, {len(self.targets)} targets, "
-            f"{len(self.config.routes)} routes, store {self.config.store}"
+    def __init__(
+        self,
+        compiled: CompiledConfig,
+        clock: Callable[[], float],
+        rng: Callable[[], float],
+        out: TextIO,
+        shutdown_grace_s: float,
+        purge_interval_s: float,
+    ) -> None:
+        self.compiled = compiled
+        self.config = compiled.config
+        self.store = open_store(self.config.store, clock)
+        self.metrics = Metrics()
+        self._clock = clock
+        self._rng = rng
+        self._out = out
+        self._grace_s = shutdown_grace_s
+        self._purge_interval_s = purge_interval_s
+        self._session: aiohttp.ClientSession | None = None
+        self._targets: Mapping[str, Target] = {}
+        self.dispatcher: Dispatcher | None = None
+        limits = self.config.limits
+        self.ingest = Ingest(
+            self.store, self._notify, self.metrics, clock, limits.max_body_bytes, HEALTH_PATHS
         )
+        self.ingest.configure(compiled.sources, compiled.router)
 
+    def _notify(self, target_names: Iterable[str]) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.notify(target_names)
 
-def compile_config(
-    config: cfg.Config,
-    session: aiohttp.ClientSession,
-    clock: Callable[[], float] = time.time,
-    out: TextIO | None = None,
-) -> Compiled:
-    """Compile templates, routes and targets; raise ConfigError listing every problem."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    compiler = TemplateCompiler(Path(config.templates_dir))
-    sources = []
-    for name, source in config.sources.items():
-        if source.verify is None:
-            warnings.append(
-                f"sources.{name}: no verify: requests to {source.path} are not authenticated"
-            )
-        verify = build_verifier(source.verify, clock) if source.verify is not None else None
-        sources.append(
-            CompiledSource(
-                name=name,
-                path=source.path,
-                verify=verify,
-                read=READERS[source.reads_as],
-                allow_ips=parse_networks(source.allow_ips)
-                if source.allow_ips is not None
-                else None,
-                trusted_proxies=parse_networks(source.trusted_proxies),
-            )
+    def contexts(self) -> list[Callable[[web.Application], AsyncIterator[None]]]:
+        """Each resource opened in its own context, in this order; closed in reverse."""
+        return [
+            self._client_session,
+            self._open_store,
+            self._bind_targets,
+            self._workers,
+            self._retention,
+        ]
+
+    async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            self._session = session
+            yield
+
+    async def _open_store(self, app: web.Application) -> AsyncIterator[None]:
+        await self.store.open()
+        yield
+        await self.store.close()
+
+    async def _bind_targets(self, app: web.Application) -> AsyncIterator[None]:
+        assert self._session is not None
+        resources = Resources(self._session, self._clock, self._out)
+        self._targets = {name: plan.bind(resources) for name, plan in self.compiled.targets.items()}
+        yield
+        for target in reversed(self._targets.values()):
+            await target.close()
+
+    async def _workers(self, app: web.Application) -> AsyncIterator[None]:
+        redactor = Redactor(config_secrets(self.config))
+        self.dispatcher = Dispatcher(
+            self._targets,
+            self.store,
+            self.metrics,
+            self._clock,
+            self._rng,
+            redactor,
+            self._grace_s,
         )
-    router = compile_routes(config.routes, compiler.expression, problems)
-    targets: dict[str, Target] = {}
-    for name, target in config.targets.items():
-        targets[name] = build_target(name, target, compiler, session, clock, out, problems)
-    if problems:
-        raise ConfigError(problems)
-    return Compiled(config, sources, router, targets, warnings)
+        app[DISPATCHER] = self.dispatcher
+        self.dispatcher.start()
+        yield
+        await self.dispatcher.stop()
 
+    async def _retention(self, app: web.Application) -> AsyncIterator[None]:
+        policy = retention_policy(self.config.retention)
+        purger = Purger(self.store, policy, self.metrics, self._purge_interval_s)
+        purger.start()
+        yield
+        await purger.stop()
 
-def build_target(
-    name: str,
-    target: cfg.TargetConfig,
-    compiler: TemplateCompiler,
-    session: aiohttp.ClientSession,
-    clock: Callable[[], float],
-    out: TextIO | None,
-    problems: list[str],
-) -> Target:
-    """The target registry: one branch per `kind`."""
-    if isinstance(target, cfg.HttpTargetConfig):
-        return build_http_target(name, target, compiler, session, clock, problems)
-    if isinstance(target, cfg.SlackTargetConfig):
-        return build_slack_target(name, target, compiler, session, clock, problems)
-    if isinstance(target, cfg.WarehouseTargetConfig):
-        return build_warehouse_target(name, target, compiler, problems)
-    body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
-    return ConsoleTarget(name, body, RetryPolicy.from_config(target.retry), out or sys.stdout)
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), content_type="text/plain")
 
 
 async def create_app(
-    config: cfg.Config,
+    config: Config,
     *,
     clock: Callable[[], float] = time.time,
     rng: Callable[[], float] = random.random,
@@ -126,59 +137,15 @@ async def create_app(
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     purge_interval_s: float = PURGE_INTERVAL_S,
 ) -> web.Application:
-    """Build the whole daemon as one aiohttp app; resources open and close in cleanup_ctx."""
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), trust_env=False
-    )
-    try:
-        compiled = compile_config(config, session, clock, out)
-    except ConfigError:
-        await session.close()
-        raise
+    """Build the whole daemon as one aiohttp app; nothing is opened until it starts."""
+    compiled = compile_config(config, clock)
     for warning in compiled.warnings:
         log.warning("%s", warning)
-    store = open_store(config.store, clock)
-    metrics = Metrics()
-    redactor = Redactor(config_secrets(config))
-    dispatcher = Dispatcher(compiled.targets, store, metrics, clock, rng, redactor)
-    purger = Purger(store, retention_policy(config.retention), metrics, purge_interval_s)
-    ingest = Ingest(
-        store, compiled.router, dispatcher.notify, metrics, clock, config.limits.max_body_bytes
-    )
-
+    daemon = Daemon(compiled, clock, rng, out or sys.stdout, shutdown_grace_s, purge_interval_s)
     app = web.Application(client_max_size=config.limits.max_body_bytes)
-    app[STORE] = store
-    app[DISPATCHER] = dispatcher
-    for source in compiled.sources:
-        app.router.add_post(source.path, ingest.handler(source))
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), content_type="text/plain")
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
-    allowed = {source.path: "POST" for source in compiled.sources}
-    allowed.update({"/healthz": "GET", "/metrics": "GET"})
-    app.router.add_route("*", "/{tail:.*}", fallback(allowed))
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        try:
-            await store.open()
-        except BaseException:
-            await session.close()
-            raise
-        dispatcher.start()
-        purger.start()
-        yield
-        await purger.stop()
-        await dispatcher.stop(shutdown_grace_s)
-        for target in compiled.targets.values():
-            await target.close()
-        await session.close()
-        await store.close()
-
-    app.cleanup_ctx.append(resources)
+    app[STORE] = daemon.store
+    app.router.add_get("/healthz", daemon.healthz)
+    app.router.add_get("/metrics", daemon.metrics_page)
+    app.router.add_route("*", "/{tail:.*}", daemon.ingest.dispatch)
+    app.cleanup_ctx.extend(daemon.contexts())
     return app

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from relay import __version__, logs, samples
 from relay.addresses import parse_listen
-from relay.app import DISPATCHER, SHUTDOWN_GRACE_S, STORE, compile_config, create_app
+from relay.app import DISPATCHER, STORE, create_app
+from relay.compiled import compile_config
 from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
@@ -108,24 +109,17 @@ def check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
 
-    async def compile_all() -> str:
-        async with aiohttp.ClientSession() as session:
-            compiled = compile_config(config, session)
-            for warning in compiled.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            problems = check_samples(
-                config, list(compiled.router.routes), compiled.targets, time.time()
-            )
-            if problems:
-                raise ConfigError(problems)
-            return f"{compiled.summary()}, templates rendered against the shipped samples"
-
-    try:
-        summary = asyncio.run(compile_all())
-    except ConfigError as exc:
-        _print_problems(args.config, exc.problems)
+    compiled = compile_config(config)
+    for warning in compiled.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    problems = check_samples(config, list(compiled.router.routes), compiled.targets, time.time())
+    if problems:
+        redactor = Redactor(config_secrets(config))
+        _print_problems(args.config, [redactor(problem) for problem in problems])
         return 1
-    print(f"{args.config}: OK: {summary}")
+    print(
+        f"{args.config}: OK: {compiled.summary()}, templates rendered against the shipped samples"
+    )
     return 0
 
 
@@ -148,24 +142,16 @@ def render(args: argparse.Namespace) -> int:
         print(f"relay render: {exc}", file=sys.stderr)
         return 1
 
-    async def show() -> str:
-        async with aiohttp.ClientSession() as session:
-            compiled = compile_config(config, session)
-            now = time.time()
-            event = build_event(args.source or "source", sender, payload, now)
-            request = preview(compiled.targets[args.target], event, now)
-            target_config = config.targets[args.target]
-            redactor = Redactor(config_secrets(config))
-            return format_request(redact_request(request, redactor, target_config))
-
+    compiled = compile_config(config)
+    now = time.time()
     try:
-        print(asyncio.run(show()))
-    except ConfigError as exc:
-        _print_problems(args.config, exc.problems)
-        return 1
+        event = build_event(args.source or "source", sender, payload, now)
+        request = preview(compiled.targets[args.target], event, now)
     except (RenderError, InboundError) as exc:
         print(f"relay render: {exc}", file=sys.stderr)
         return 1
+    redactor = Redactor(config_secrets(config))
+    print(format_request(redact_request(request, redactor, config.targets[args.target])))
     return 0
 
 
@@ -221,7 +207,7 @@ async def serve(config: Config) -> int:
         log.info("relay %s listening on %s, store %s", __version__, config.listen, config.store)
         store_failed = await _until_stopped(stop, app[STORE])
         log.info("shutting down: no new requests; finishing deliveries in flight")
-        app[DISPATCHER].begin_shutdown(SHUTDOWN_GRACE_S)
+        app[DISPATCHER].begin_shutdown()
     finally:
         await runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)

@@ -34,6 +34,7 @@ from relay.fields import (
     error,
     table_name,
 )
+from relay.templatefields import HttpUrl, InlineTemplate, JinjaExpression, TemplateFile
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 TARGET_KINDS = ("http", "slack", "warehouse", "console")
@@ -140,32 +141,27 @@ SignConfig = Annotated[HmacSignConfig | StandardWebhooksSignConfig, Field(discri
 
 
 class _BodyConfig(Model):
-    body: str | None = None
-    template: str | None = None
+    body: InlineTemplate | None = None
+    template: TemplateFile | None = None
 
-    @model_validator(mode="after")
-    def _one_body_source(self) -> _BodyConfig:
-        if self.body is not None and self.template is not None:
+    @field_validator("template", mode="before")
+    @classmethod
+    def _one_body_source(cls, template: object, info: ValidationInfo) -> object:
+        if template is not None and info.data.get("body") is not None:
             raise error("body", "set body or template, not both")
-        return self
+        return template
 
 
 class HttpTargetConfig(_BodyConfig):
     kind: Literal["http"]
-    url: str
+    url: HttpUrl
     method: str = "POST"
-    headers: dict[HeaderName, str] = Field(default_factory=dict)
+    headers: dict[HeaderName, InlineTemplate] = Field(default_factory=dict)
     timeout: Duration = timedelta(seconds=10)
     concurrency: int = Field(default=4, ge=1, le=1024)
     max_per_second: float | None = Field(default=None, gt=0)
     sign: SignConfig | None = None
     retry: RetryConfig = RetryConfig()
-
-    @field_validator("url")
-    @classmethod
-    def _fixed_origin(cls, url: str) -> str:
-        check_url_origin(url)
-        return url
 
     @field_validator("method")
     @classmethod
@@ -205,7 +201,7 @@ class ConsoleTargetConfig(_BodyConfig):
 
 
 class ColumnConfig(Model):
-    value: str  # a Jinja expression over `event`, `target` and, with `rows`, `row`
+    value: JinjaExpression  # over `event`, `target` and, with `rows`, `row`
     type: Literal["text", "bigint", "double", "boolean", "timestamptz", "jsonb"] = "text"
 
 
@@ -221,7 +217,7 @@ class WarehouseTargetConfig(Model):
     url: str
     table: Annotated[str, AfterValidator(table_name)]
     columns: dict[Identifier, ColumnConfig] = Field(min_length=1)
-    rows: str | None = None  # a Jinja expression giving a list: one row per item
+    rows: JinjaExpression | None = None  # giving a list: one row per item
     key: list[Identifier] = Field(min_length=1)
     create_table: bool = False
     batch: BatchConfig = BatchConfig()
@@ -278,7 +274,7 @@ TargetConfig = Annotated[
 class RouteConfig(Model):
     sources: list[str] | None = None
     types: list[str] | None = None
-    when: str | None = None
+    when: JinjaExpression | None = None
     targets: list[str]
 
     @field_validator("sources", "types")

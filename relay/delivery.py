@@ -29,6 +29,7 @@ log = logging.getLogger("relay.delivery")
 POLL_INTERVAL_S = 1.0  # how often to look for work nobody told us about (retries, replicas)
 MIN_WAIT_S = 0.01
 STORE_ERROR_PAUSE_S = 1.0
+SHUTDOWN_GRACE_S = 10.0  # sends in flight at shutdown get this long to finish
 MAX_ERROR_CHARS = 2000  # of a stored error: the start of a target's answer is in it
 
 
@@ -236,11 +237,13 @@ class Dispatcher:
         clock: Callable[[], float],
         rng: Callable[[], float] = random.random,
         redact: Redactor = NOTHING_TO_REDACT,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     ) -> None:
         self._workers = {
             name: TargetWorker(target, store, metrics, clock, rng, redact)
             for name, target in targets.items()
         }
+        self._grace_s = shutdown_grace_s
         self._deadline: float | None = None
 
     def start(self) -> None:
@@ -253,13 +256,17 @@ class Dispatcher:
             if worker is not None:
                 worker.wake()
 
-    def begin_shutdown(self, grace_s: float) -> None:
-        """Claim nothing more from now on; in-flight attempts get `grace_s` from now in all."""
-        self._deadline = asyncio.get_running_loop().time() + grace_s
+    def begin_shutdown(self) -> float:
+        """Claim nothing more from now on; attempts in flight get the grace period from now
+        (from the first call). The deadline, in loop time."""
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + self._grace_s
         for worker in self._workers.values():
             worker.stop_claiming()
+        return self._deadline
 
-    async def stop(self, grace_s: float) -> None:
-        if self._deadline is not None:
-            grace_s = max(0.0, self._deadline - asyncio.get_running_loop().time())
+    async def stop(self) -> None:
+        """Stop; attempts in flight finish within the grace period (from `begin_shutdown`)."""
+        deadline = self.begin_shutdown()
+        grace_s = max(0.0, deadline - asyncio.get_running_loop().time())
         await asyncio.gather(*(w.stop(grace_s) for w in self._workers.values()))

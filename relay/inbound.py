@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
@@ -53,29 +53,50 @@ def error_response(status: int, reason: str) -> web.Response:
 
 
 class Ingest:
+    """The sources relay serves, behind one catch-all route so that `configure` can change
+    them while relay runs; a request keeps the sources and routes it started with."""
+
     def __init__(
         self,
         store: Store,
-        router: Router,
         notify: Callable[[Iterable[str]], None],
         metrics: Metrics,
         clock: Callable[[], float],
         max_body_bytes: int,
+        fixed_paths: Mapping[str, str],
     ) -> None:
         self._max_body_bytes = max_body_bytes
         self._store = store
-        self._router = router
         self._notify = notify
         self._metrics = metrics
         self._clock = clock
+        self._fixed_paths = dict(fixed_paths)  # relay's own pages: path → method
+        self._handlers: dict[str, Handler] = {}
+        self._refuse = fallback(self._fixed_paths)
 
-    def handler(self, source: CompiledSource) -> Handler:
+    def configure(self, sources: Sequence[CompiledSource], router: Router) -> None:
+        """Serve these sources, routing with this router, from now on."""
+        self._handlers = {source.path: self._handler(source, router) for source in sources}
+        self._refuse = fallback({**{s.path: "POST" for s in sources}, **self._fixed_paths})
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self._handlers)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """The catch-all route: a POST to a source path, else 404 or 405 as JSON."""
+        handler = self._handlers.get(request.path) if request.method == "POST" else None
+        if handler is None:
+            return await self._refuse(request)
+        return await handler(request)
+
+    def _handler(self, source: CompiledSource, router: Router) -> Handler:
         accepted = self._metrics.requests.labels(source.name, "accepted")
         duplicate = self._metrics.requests.labels(source.name, "duplicate")
 
         async def handle(request: web.Request) -> web.Response:
             try:
-                response = await self._accept(source, request)
+                response = await self._accept(source, router, request)
             except InboundError as exc:
                 self._metrics.requests.labels(source.name, str(exc.status)).inc()
                 log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
@@ -89,7 +110,9 @@ class Ingest:
 
         return handle
 
-    async def _accept(self, source: CompiledSource, request: web.Request) -> web.Response:
+    async def _accept(
+        self, source: CompiledSource, router: Router, request: web.Request
+    ) -> web.Response:
         source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
         body = await _read_body(request, self._max_body_bytes)
         headers = {name.lower(): header_text(value) for name, value in request.headers.items()}
@@ -104,7 +127,7 @@ class Ingest:
         if problem is not None:
             raise InboundError(problem)
         event = identity.to_event(source.name, self._clock(), body, payload, headers)
-        targets = self._router.targets_for(
+        targets = router.targets_for(
             source.name, event.id, event.type, lambda: {"event": event.template_context()}
         )
         try:

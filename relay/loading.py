@@ -2,8 +2,10 @@
 
 Every problem is reported as `yaml.path: message`. Messages never quote a secret: values are
 echoed only for fields that cannot hold one (durations, enums, paths, the listen address).
-Cross-references are checked on the raw tree, so that one run of `relay check` lists every
-problem even when a section is invalid; templates and `when` are compiled here only then.
+Templates and expressions are compiled by validation itself (`relay.templatefields`, with
+the compiler for the config's `templates_dir` in the validation context). Cross-references
+are checked on the raw tree, so that one run of `relay check` lists every problem even when a
+section is invalid.
 """
 
 from __future__ import annotations
@@ -19,24 +21,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from relay.addresses import split_url
 from relay.config import Config, TargetConfig, WarehouseTargetConfig
 from relay.config_errors import Loc, Problem, describe, format_loc
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
 from relay.fields import yaml_key, yaml_kind
 from relay.render import TemplateCompiler
+from relay.templatefields import COMPILER
 
 # Far more than any config needs; a few aliases of aliases could otherwise spell out billions.
 MAX_VALUES = 100_000
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, expand, validate and cross-check `path`; raise ConfigError listing every problem.
-
-    When anything is wrong, templates and `when` expressions are compiled too, so one run
-    lists every problem; a config that validates has them compiled by `app.compile_config`.
-    """
+    """Read, expand, validate (compiling every template) and cross-check `path`; raise
+    ConfigError listing every problem."""
     raw = _read_yaml(path)
     problems: list[Problem] = []
     substituted: list[tuple[Loc, str]] = []
@@ -45,13 +44,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     unexpanded = {where for where, _ in problems}  # reported once, as the missing variable
     config: Config | None = None
     later: list[Problem] = []
+    context = {COMPILER: TemplateCompiler(_templates_dir(expanded, path.parent))}
     try:
-        config = Config.model_validate(expanded)
+        config = Config.model_validate(expanded, context=context)
     except ValidationError as exc:
         later.extend(describe(error, expanded) for error in exc.errors())
     later.extend(_cross_check(expanded))
-    if problems or later:
-        later.extend(_check_templates(expanded, path.parent))
     problems.extend(problem for problem in later if problem[0] not in unexpanded)
     problems = list(dict.fromkeys(problems))
     if problems or config is None:
@@ -219,10 +217,6 @@ def _cross_check(raw: Mapping[str, Any]) -> list[Problem]:
             )
         elif isinstance(path, str):
             seen_paths[path] = name
-    for name, target in _entries(raw, "targets"):
-        if None not in (target.get("body"), target.get("template")):
-            # Also a model check, but pydantic skips that when any field of the target is wrong.
-            problems.append((f"targets.{name}", "set body or template, not both"))
     for section in ("sources", "targets"):
         problems.extend(_unknown_references(raw, section))
     return problems
@@ -251,51 +245,10 @@ def _no_such(section: str, name: str, names: set[str]) -> str:
     return f'no {what} named "{name}"; no {section} are defined'
 
 
-def _check_templates(raw: Mapping[str, Any], base_dir: Path) -> list[Problem]:
-    """Compile every template and `when`, with the messages `app.compile_config` gives."""
+def _templates_dir(raw: Mapping[str, Any], base_dir: Path) -> Path:
+    """Where template files are, as the raw tree says (validation reports a wrong value)."""
     templates_dir = raw.get("templates_dir", "templates")
-    has_dir = isinstance(templates_dir, str)
-    compiler = TemplateCompiler(base_dir / templates_dir if has_dir else base_dir)
-    problems: list[Problem] = []
-    for where, kind, text in _template_fields(raw):
-        try:
-            if kind == "expression":
-                compiler.expression(text, where)
-            elif kind == "inline":
-                compiler.inline(text, where)
-            elif kind == "url":
-                compiler.url(text, where)
-            elif has_dir:
-                compiler.file(text)
-        except ValueError as exc:
-            problems.append((where, str(exc)))
-    return problems
-
-
-def _template_fields(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """(yaml path, "expression" | "inline" | "url" | "file", text) per template in the tree."""
-    for i, route in _routes(raw):
-        if isinstance(route.get("when"), str):
-            yield f"routes[{i}].when", "expression", route["when"]
-    for name, target in _entries(raw, "targets"):
-        yield from _target_templates(f"targets.{name}", target)
-
-
-def _target_templates(where: str, target: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
-    url_rest = split_url(target["url"])[1] if isinstance(target.get("url"), str) else ""
-    if "{{" in url_rest or "{%" in url_rest:
-        yield f"{where}.url", "url", url_rest
-    headers = target.get("headers")
-    for header, value in headers.items() if isinstance(headers, dict) else ():
-        if isinstance(value, str):
-            yield f"{where}.headers.{yaml_key(header)}", "inline", value
-    columns = target.get("columns")
-    for column, spec in columns.items() if isinstance(columns, dict) else ():
-        if isinstance(spec, dict) and isinstance(spec.get("value"), str):
-            yield f"{where}.columns.{yaml_key(column)}.value", "expression", spec["value"]
-    for field, kind in (("rows", "expression"), ("body", "inline"), ("template", "file")):
-        if isinstance(target.get(field), str):
-            yield f"{where}.{field}", kind, target[field]
+    return base_dir / templates_dir if isinstance(templates_dir, str) else base_dir
 
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:

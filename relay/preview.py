@@ -14,7 +14,7 @@ from relay.events import Delivery, Event
 from relay.router import CompiledRoute
 from relay.send import serialise
 from relay.sources import READERS
-from relay.targets.base import OutboundRequest, Target
+from relay.targets.base import OutboundRequest, TargetPlan
 from relay.textsafety import escape_controls
 
 
@@ -28,7 +28,7 @@ def build_event(source_name: str, sender: str, payload: Any, now: float) -> Even
     return identity.to_event(source_name, now, body, payload, headers)
 
 
-def preview(target: Target, event: Event, now: float) -> OutboundRequest:
+def preview(target: TargetPlan, event: Event, now: float) -> OutboundRequest:
     return target.preview(Delivery(0, target.name, 1, now, event), now)
 
 
@@ -44,7 +44,7 @@ def format_request(request: OutboundRequest) -> str:
 def check_samples(
     cfg: config.Config,
     routes: list[CompiledRoute],
-    targets: Mapping[str, Target],
+    targets: Mapping[str, TargetPlan],
     now: float,
 ) -> list[str]:
     """Render each route's targets for every sample its sources and types would let through.

@@ -72,7 +72,7 @@ def _target_secrets(target: config.TargetConfig) -> Iterator[str]:
             yield target.sign.secret.get_secret_value()
         for name, value in target.headers.items():
             if SENSITIVE_HEADER.search(name):
-                yield value
+                yield value.source
     if isinstance(target, config.SlackTargetConfig):
         yield target.url
     if isinstance(target, config.WarehouseTargetConfig):

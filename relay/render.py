@@ -10,7 +10,7 @@ import re
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jinja2
 from jinja2 import nodes
@@ -44,11 +44,17 @@ def build_url_environment(templates_dir: Path) -> SandboxedEnvironment:
 
 
 class CompiledTemplate:
-    """A template ready to render: its name is used in every error it raises."""
+    """A template ready to render. Its name (a YAML path or a file name) is in every error it
+    raises; two are equal when they would render alike (same kind, same text)."""
 
-    def __init__(self, template: jinja2.Template, name: str) -> None:
+    def __init__(self, template: jinja2.Template, name: str, source: str) -> None:
         self._template = template
         self.name = name
+        self.source = source
+
+    def named(self, name: str) -> Self:
+        """The same template, naming `name` in its errors (where the config holds it)."""
+        return type(self)(self._template, name, self.source)
 
     def render(self, context: Mapping[str, Any]) -> str:
         try:
@@ -57,6 +63,22 @@ class CompiledTemplate:
             raise RenderError(f"{self.name}{_line_of(exc, self._template)}: {exc}") from exc
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise RenderError(f"{self.name}{_line_of(exc, self._template)}: {exc}") from exc
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.source))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class FileTemplate(CompiledTemplate):
+    """A template file: its errors name the file, wherever the config refers to it."""
+
+    def named(self, name: str) -> Self:
+        return self
 
 
 class UrlTemplate(CompiledTemplate):
@@ -71,6 +93,46 @@ class UrlTemplate(CompiledTemplate):
         return url
 
 
+class Expression:
+    """A Jinja expression without braces (`event.payload.amount > 100`), ready to evaluate.
+
+    A plain path such as `event.data.userId` is looked up directly, with the result and the
+    error Jinja would give: warehouse columns are mostly paths, evaluated per row.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        name: str,
+        compiled: Callable[..., Any] | None,
+        path: tuple[str, ...] | None,
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.path = path  # the parts of a plain path, else None
+        self._compiled = compiled
+
+    def named(self, name: str) -> Expression:
+        return Expression(self.source, name, self._compiled, self.path)
+
+    def __call__(self, context: Mapping[str, Any]) -> Any:
+        if self._compiled is None:  # a plain path
+            return _look_up(self.path or (), context, self.name)
+        try:
+            return self._compiled(**context)
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+            raise RenderError(f"{self.name}: {exc}") from exc
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Expression) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __repr__(self) -> str:
+        return f"Expression({self.source!r})"
+
+
 class TemplateCompiler:
     """Compiles templates: urls in their own environment, which encodes every value, the rest
     in one shared environment. Errors are ValueError texts for config."""
@@ -82,7 +144,7 @@ class TemplateCompiler:
 
     def inline(self, source: str, name: str) -> CompiledTemplate:
         try:
-            return CompiledTemplate(self.env.from_string(source), name)
+            return CompiledTemplate(self.env.from_string(source), name, source)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
         except RecursionError:  # Jinja parses nested brackets recursively
@@ -96,13 +158,16 @@ class TemplateCompiler:
                 problem = url_text_problem(data.data)
                 if problem is not None:
                     raise ValueError(problem)
-            return UrlTemplate(self.url_env.from_string(tree), name)
+            return UrlTemplate(self.url_env.from_string(tree), name, source)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"line {exc.lineno}: {exc.message}") from exc
 
-    def file(self, filename: str) -> CompiledTemplate:
+    def file(self, filename: str) -> FileTemplate:
+        """A template file, which equals another with the same text (and so renders alike)."""
         try:
-            return CompiledTemplate(self.env.get_template(filename), filename)
+            template = self.env.get_template(filename)
+            text, _, _ = self.env.loader.get_source(self.env, filename)  # type: ignore[union-attr]
+            return FileTemplate(template, filename, text)
         except jinja2.TemplateNotFound as exc:
             raise ValueError(f'"{filename}" not found in {self.templates_dir.name}/') from exc
         except jinja2.TemplateSyntaxError as exc:
@@ -110,29 +175,18 @@ class TemplateCompiler:
         except RecursionError:
             raise ValueError(f'"{filename}": {NESTED_TOO_DEEPLY}') from None
 
-    def expression(self, source: str, name: str) -> Callable[[Mapping[str, Any]], Any]:
-        """A Jinja expression without braces, e.g. `event.payload.amount > 100`.
-
-        A plain path such as `event.data.userId` is looked up directly, with the result and
-        the error Jinja would give: warehouse columns are mostly paths, evaluated per row.
-        """
+    def expression(self, source: str, name: str) -> Expression:
+        """A Jinja expression without braces, e.g. `event.payload.amount > 100`."""
         path = plain_path(source)
         if path is not None:
-            return _path_lookup(path, name)
+            return Expression(source, name, None, path)
         try:
             compiled = self.env.compile_expression(source, undefined_to_none=False)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"invalid expression: {exc.message}") from exc
         except RecursionError:
             raise ValueError(f"invalid expression: {NESTED_TOO_DEEPLY}") from None
-
-        def evaluate(context: Mapping[str, Any]) -> Any:
-            try:
-                return compiled(**context)
-            except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
-                raise RenderError(f"{name}: {exc}") from exc
-
-        return evaluate
+        return Expression(source, name, compiled, None)
 
 
 _PATH = re.compile(r"\s*([A-Za-z]\w*(?:\.[A-Za-z]\w*)*)\s*")
@@ -153,22 +207,18 @@ def plain_path(source: str) -> tuple[str, ...] | None:
     return parts
 
 
-def _path_lookup(parts: tuple[str, ...], name: str) -> Callable[[Mapping[str, Any]], Any]:
-    first, rest = parts[0], parts[1:]
-
-    def lookup(context: Mapping[str, Any]) -> Any:
-        if first not in context:
-            raise RenderError(f"{name}: '{first}' is undefined")
-        value = context[first]
-        for part in rest:
-            if isinstance(value, dict) and part in value:
-                value = value[part]
-            else:
-                kind = object_type_repr(value)
-                raise RenderError(f"{name}: {kind} has no attribute '{part}'")
-        return value
-
-    return lookup
+def _look_up(parts: tuple[str, ...], context: Mapping[str, Any], name: str) -> Any:
+    first = parts[0] if parts else ""
+    if first not in context:
+        raise RenderError(f"{name}: '{first}' is undefined")
+    value = context[first]
+    for part in parts[1:]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            kind = object_type_repr(value)
+            raise RenderError(f"{name}: {kind} has no attribute '{part}'")
+    return value
 
 
 def _line_of(exc: BaseException, template: jinja2.Template) -> str:

@@ -86,26 +86,17 @@ class Router:
         return tuple(chosen)
 
 
-def compile_routes(
-    routes: Sequence[config.RouteConfig],
-    compile_expression: Callable[[str, str], Predicate],
-    problems: list[str],
-) -> Router:
-    compiled: list[CompiledRoute] = []
-    for i, route in enumerate(routes):
-        when: Predicate | None = None
-        if route.when is not None:
-            try:
-                when = compile_expression(route.when, f"routes[{i}].when")
-            except ValueError as exc:
-                problems.append(f"routes[{i}].when: {exc}")
-        compiled.append(
+def compile_routes(routes: Sequence[config.RouteConfig]) -> Router:
+    """Routes from their config; `when` was compiled when the config was validated."""
+    return Router(
+        [
             CompiledRoute(
                 index=i,
                 sources=frozenset(route.sources) if route.sources is not None else None,
                 types=compile_type_globs(route.types) if route.types is not None else None,
-                when=when,
+                when=route.when.named(f"routes[{i}].when") if route.when is not None else None,
                 targets=tuple(route.targets),
             )
-        )
-    return Router(compiled)
+            for i, route in enumerate(routes)
+        ]
+    )

@@ -8,12 +8,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from relay.app import compile_config
+from relay.compiled import compile_config
 from relay.config import (
-    Config,
     ConsoleTargetConfig,
     HmacVerifyConfig,
     HttpTargetConfig,
@@ -69,13 +67,6 @@ def problems_of(
     return caught.value.problems
 
 
-async def compile_problems(config: Config) -> list[str]:
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(ConfigError) as caught:
-            compile_config(config, session)
-    return caught.value.problems
-
-
 # -- a valid config ------------------------------------------------------------------------
 
 
@@ -92,12 +83,11 @@ async def test_valid_config_loads_with_every_field_and_compiles(
     assert isinstance(audit.sign, StandardWebhooksSignConfig)
     assert isinstance(config.sources["shop"].verify, HmacVerifyConfig)
     assert config.sources["shop"].verify.encoding == "base64"
-    async with aiohttp.ClientSession() as session:
-        compiled = compile_config(config, session)
+    compiled = compile_config(config)
     assert compiled.summary() == (
         f"1 sources, 2 targets, 1 routes, store sqlite:///{tmp_path / 'var' / 'relay.db'}"
     )
-    assert compiled.warnings == []
+    assert compiled.warnings == ()
 
 
 def test_empty_file_is_a_config_of_defaults(write_config: ConfigWriter, tmp_path: Path) -> None:
@@ -335,10 +325,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "body and template together",
         "targets: {t: {kind: console, body: x, template: y.j2}}\n",
-        [
-            "targets.t: set body or template, not both",
-            'targets.t.template: "y.j2" not found in templates/',
-        ],
+        ["targets.t.template: set body or template, not both"],
     ),
     (
         "sign of an unknown scheme",
@@ -460,19 +447,19 @@ def test_several_errors_in_every_part_are_reported_together(write_config: Config
         "sources.shop.verify.secret: environment variable SHOP_SECRET is not set "
         "(and has no :-default)",
         'listen: listen must be "HOST:PORT", got "localhost"',
+        'targets.audit.template: "missing.j2" not found in templates/',
+        "targets.audit.url: line 1: unexpected end of template, expected 'end of print statement'.",
         'targets.audit.retry.max_elapsed: invalid duration "15x" '
         "(use e.g. 500ms, 15s, 5m, 24h, 3d)",
+        "targets.screen.body: line 1: unexpected '}'",
+        "routes[0].when: invalid expression: unexpected 'end of template'",
         "colour: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
         "sources, targets, routes",
         'routes[0].targets[1]: no target named "billing"; targets are: audit, screen',
-        "routes[0].when: invalid expression: unexpected 'end of template'",
-        "targets.audit.url: line 1: unexpected end of template, expected 'end of print statement'.",
-        'targets.audit.template: "missing.j2" not found in templates/',
-        "targets.screen.body: line 1: unexpected '}'",
     ]
 
 
-# -- templates and `when`: compiled before the port is bound --------------------------------
+# -- templates and `when`: compiled by validation, before anything is opened ------------
 
 TEMPLATE_CASES: list[tuple[str, str, dict[str, str], str]] = [
     (
@@ -520,17 +507,16 @@ TEMPLATE_CASES: list[tuple[str, str, dict[str, str], str]] = [
     [case[1:] for case in TEMPLATE_CASES],
     ids=[case[0] for case in TEMPLATE_CASES],
 )
-async def test_template_errors_are_the_same_at_compile_and_beside_other_errors(
+def test_template_errors_are_validation_errors_alone_and_beside_other_errors(
     write_config: ConfigWriter, yaml_text: str, templates: dict[str, str], expected: str
 ) -> None:
-    config = load_config(write_config(yaml_text, templates), {})
-    assert await compile_problems(config) == [expected]
-    # Beside a schema error, load_config compiles templates too, so one run lists both.
+    assert problems_of(write_config, yaml_text, templates=templates) == [expected]
+    # Beside a schema error the same compile runs (it is validation), so one run lists both.
     broken = yaml_text + "bogus: 1\n"
     assert problems_of(write_config, broken, templates=templates) == [
+        expected,
         "bogus: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
         "sources, targets, routes",
-        expected,
     ]
 
 
@@ -543,8 +529,7 @@ async def test_template_is_looked_up_in_templates_dir_relative_to_the_config(
         write_config("templates_dir: tpl\ntargets: {t: {kind: console, template: x.j2}}\n"), {}
     )
     assert config.templates_dir == str(tmp_path / "tpl")
-    async with aiohttp.ClientSession() as session:
-        assert compile_config(config, session).targets.keys() == {"t"}
+    assert compile_config(config).targets.keys() == {"t"}
 
 
 # -- discriminator tags never leak into paths ----------------------------------------------
@@ -622,7 +607,10 @@ def test_env_variables_are_expanded_with_defaults_and_escapes(write_config: Conf
     target = config.targets["t"]
     assert isinstance(target, HttpTargetConfig)
     # A value from the environment is not expanded again; `$$` is a literal `$`.
-    assert target.headers == {"Authorization": "Bearer tok-${PORT}", "X-Cost": "$5 for ${HOME}"}
+    assert {name: value.source for name, value in target.headers.items()} == {
+        "Authorization": "Bearer tok-${PORT}",
+        "X-Cost": "$5 for ${HOME}",
+    }
     assert config.routes[0].targets == ["t"]
 
 
@@ -639,7 +627,7 @@ def test_empty_variable_takes_the_default_as_in_the_shell(write_config: ConfigWr
     assert config.listen == "127.0.0.1:1"
     target = config.targets["t"]
     assert isinstance(target, HttpTargetConfig)
-    assert target.headers["Authorization"] == "Bearer "  # set but empty, no default: empty
+    assert target.headers["Authorization"].source == "Bearer "  # set but empty, no default: empty
 
 
 def test_missing_variables_are_named_with_their_paths_once(write_config: ConfigWriter) -> None:
@@ -882,7 +870,8 @@ def test_yaml_merge_keys_may_be_overridden(write_config: ConfigWriter) -> None:
     config = load_config(write_config(yaml_text), {})
     merged = config.targets["b"]
     assert isinstance(merged, ConsoleTargetConfig)
-    assert merged.body == "b"
+    assert merged.body is not None
+    assert merged.body.source == "b"
 
 
 # -- secrets -------------------------------------------------------------------------------
@@ -957,8 +946,12 @@ def test_config_is_frozen(write_config: ConfigWriter) -> None:
         config.listen = "0.0.0.0:1"  # type: ignore[misc]
 
 
-def test_problem_list_has_no_duplicates(write_config: ConfigWriter) -> None:
-    # Found both by the model and by the raw cross-check; listed once.
-    yaml_text = "targets: {t: {kind: console, body: a, template: b.j2}}\n"
+def test_body_and_template_together_is_one_problem_even_beside_others(
+    write_config: ConfigWriter,
+) -> None:
+    yaml_text = "targets: {t: {kind: console, body: a, template: b.j2, retry: {initial: x}}}\n"
     problems = problems_of(write_config, yaml_text, templates={"b.j2": "b"})
-    assert problems == ["targets.t: set body or template, not both"]
+    assert problems == [
+        "targets.t.template: set body or template, not both",
+        'targets.t.retry.initial: invalid duration "x" (use e.g. 500ms, 15s, 5m, 24h, 3d)',
+    ]

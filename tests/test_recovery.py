@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.app import SHUTDOWN_GRACE_S
+from relay.delivery import SHUTDOWN_GRACE_S
 from tests.process import (
     RelayProcess,
     StoredDelivery,

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from relay.config import RouteConfig
+from relay.errors import RenderError
 from relay.render import TemplateCompiler
 from relay.router import compile_routes, compile_type_globs
+from relay.templatefields import COMPILER
 from tests.conftest import ConfigWriter, StartRelay
 
 CONFIG = """\
@@ -86,10 +89,19 @@ def test_type_globs_are_anchored_and_case_sensitive() -> None:
     assert not pattern.fullmatch("segment:updated")
 
 
-def test_a_when_that_does_not_compile_is_a_config_problem(tmp_path: Path) -> None:
-    compiler = TemplateCompiler(tmp_path)
-    problems: list[str] = []
-    compile_routes(
-        [RouteConfig(when="event.type ==", targets=["a"])], compiler.expression, problems
-    )
-    assert problems == ["routes[0].when: invalid expression: unexpected 'end of template'"]
+def test_a_when_that_does_not_compile_is_a_validation_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as caught:
+        RouteConfig.model_validate(
+            {"when": "event.type ==", "targets": ["a"]},
+            context={COMPILER: TemplateCompiler(tmp_path)},
+        )
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("when",)
+    assert error["msg"] == "invalid expression: unexpected 'end of template'"
+
+
+def test_a_route_names_its_when_in_errors() -> None:
+    (route,) = compile_routes([RouteConfig(when="event.data.x > 1", targets=["a"])]).routes
+    assert route.when is not None
+    with pytest.raises(RenderError, match=r"^routes\[0\]\.when: "):
+        route.when({"event": {"data": {}}})

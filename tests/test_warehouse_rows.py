@@ -21,7 +21,7 @@ from relay.events import Event
 from relay.loading import load_config
 from relay.render import TemplateCompiler
 from relay.samples import SENDERS, samples
-from relay.targets.warehouse import build_warehouse_target
+from relay.targets.warehouse import plan_warehouse_target
 from relay.warehouse.rows import Row, RowMapper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +40,7 @@ def mapper(columns: dict[str, tuple[str, str]], rows: str | None = None) -> RowM
             "rows": rows,
         }
     )
-    problems: list[str] = []
-    built = build_warehouse_target("wh", spec, COMPILER, problems)
-    assert problems == []
-    return built.mapper
+    return plan_warehouse_target("wh", spec).mapper
 
 
 def example_mappers() -> dict[str, RowMapper]:
@@ -51,9 +48,7 @@ def example_mappers() -> dict[str, RowMapper]:
     mappers = {}
     for name, target in loaded.targets.items():
         if isinstance(target, config.WarehouseTargetConfig):
-            problems: list[str] = []
-            mappers[name] = build_warehouse_target(name, target, COMPILER, problems).mapper
-            assert problems == []
+            mappers[name] = plan_warehouse_target(name, target).mapper
     return mappers
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TextIO, runtime_checkable
+
+import aiohttp
 
 from relay.errors import RenderError
 from relay.events import Delivery, Event, Outcome
-from relay.render import CompiledTemplate, TemplateCompiler
+from relay.render import CompiledTemplate
 from relay.retry import RetryPolicy
 from relay.textsafety import encode_utf8
 
@@ -25,18 +27,40 @@ class OutboundRequest:
 
 
 class Target(Protocol):
+    """A target at run time, bound to its resources (an HTTP session, a database)."""
+
     name: str
     concurrency: int
     policy: RetryPolicy
     lease_s: float  # how long a claimed delivery may take before another worker may retry it
 
+    async def send(self, delivery: Delivery) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What targets are bound to at run time; nothing of it exists while compiling."""
+
+    session: aiohttp.ClientSession
+    clock: Callable[[], float]
+    out: TextIO  # the console target's stream
+
+
+class TargetPlan(Protocol):
+    """A compiled target: pure, so `relay check` and `relay render` need no connection."""
+
+    @property
+    def name(self) -> str: ...
+
     def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
         """Render without sending (`relay render`, `relay check`); raises RenderError."""
         ...
 
-    async def send(self, delivery: Delivery) -> Outcome: ...
-
-    async def close(self) -> None: ...
+    def bind(self, resources: Resources) -> Target:
+        """The target that sends, on these resources; opens nothing until it sends."""
+        ...
 
 
 @runtime_checkable
@@ -63,22 +87,13 @@ class BodyRenderer:
         return encode_utf8(self.template.render(context))
 
 
-def compile_body(
-    body: str | None,
-    template: str | None,
-    compiler: TemplateCompiler,
-    yaml_path: str,
-    problems: list[str],
+def body_renderer(
+    body: CompiledTemplate | None, template: CompiledTemplate | None, where: str
 ) -> BodyRenderer:
-    """Compile `body` (inline) or `template` (a file); a problem is added, not raised."""
-    try:
-        if body is not None:
-            return BodyRenderer(compiler.inline(body, f"{yaml_path}.body"))
-        if template is not None:
-            return BodyRenderer(compiler.file(template))
-    except ValueError as exc:
-        problems.append(f"{yaml_path}.{'body' if body is not None else 'template'}: {exc}")
-    return BodyRenderer(None)
+    """`body` (inline, named by its YAML path `where.body`) or `template` (a file), or neither."""
+    if body is not None:
+        return BodyRenderer(body.named(f"{where}.body"))
+    return BodyRenderer(template)
 
 
 def check_json(body: bytes, template_name: str) -> None:

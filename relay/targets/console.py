@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TextIO
 
+from relay import config
 from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome, template_context
 from relay.retry import RetryPolicy
-from relay.targets.base import BodyRenderer, OutboundRequest
+from relay.targets.base import BodyRenderer, OutboundRequest, Resources, body_renderer
 from relay.textsafety import escape_controls, escape_controls_json
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolePlan:
+    name: str
+    body: BodyRenderer
+    policy: RetryPolicy
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        body = self.body.render(delivery.event, template_context(delivery.event, self.name))
+        return OutboundRequest("WRITE", "stdout", {}, one_line(body).encode())
+
+    def bind(self, resources: Resources) -> ConsoleTarget:
+        return ConsoleTarget(self, resources.out)
+
+
+def plan_console_target(name: str, target: config.ConsoleTargetConfig) -> ConsolePlan:
+    body = body_renderer(target.body, target.template, f"targets.{name}")
+    return ConsolePlan(name, body, RetryPolicy.from_config(target.retry))
 
 
 class ConsoleTarget:
     concurrency = 1
     lease_s = 30.0
 
-    def __init__(self, name: str, body: BodyRenderer, policy: RetryPolicy, out: TextIO) -> None:
-        self.name = name
-        self.policy = policy
-        self._body = body
+    def __init__(self, plan: ConsolePlan, out: TextIO) -> None:
+        self.name = plan.name
+        self.policy = plan.policy
+        self._plan = plan
         self._out = out
-
-    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
-        body = self._body.render(delivery.event, template_context(delivery.event, self.name))
-        return OutboundRequest("WRITE", "stdout", {}, one_line(body).encode())
 
     async def send(self, delivery: Delivery) -> Outcome:
         try:
-            line = self.preview(delivery, 0.0).body.decode()
+            line = self._plan.preview(delivery, 0.0).body.decode()
         except RenderError as exc:
             return Failed(str(exc))
         self._out.write(line + "\n")

@@ -5,23 +5,24 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import yarl
 
 from relay import __version__, config
-from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivery, Failed, Outcome, Retry, template_context
 from relay.ratelimit import RateLimiter
-from relay.render import CompiledTemplate, TemplateCompiler
+from relay.render import CompiledTemplate
 from relay.retry import RetryPolicy, classify_status
 from relay.signing import HeaderSigner, build_signer
 from relay.targets.base import (
     BodyRenderer,
     OutboundRequest,
+    Resources,
+    body_renderer,
     check_json,
-    compile_body,
     is_json_content_type,
 )
 from relay.textsafety import header_value_problem
@@ -180,48 +181,56 @@ def classify_http(status: int, text: str, retry_after: str | None, now: float) -
     return outcome
 
 
-def build_http_target(
-    name: str,
-    target: config.HttpTargetConfig,
-    compiler: TemplateCompiler,
-    session: aiohttp.ClientSession,
-    clock: Callable[[], float],
-    problems: list[str],
-) -> HttpTarget:
-    yaml_path = f"targets.{name}"
-    origin, rest = split_url(target.url)
-    path: CompiledTemplate | str = rest
-    if "{{" in rest or "{%" in rest:
-        path = _compile(compiler.url, rest, f"{yaml_path}.url", problems) or rest
-    headers: dict[str, CompiledTemplate] = {}
-    for header, value in target.headers.items():
-        compiled = _compile(compiler.inline, value, f"{yaml_path}.headers.{header}", problems)
-        if compiled is not None:
-            headers[header] = compiled
-    body = compile_body(target.body, target.template, compiler, yaml_path, problems)
+@dataclass(frozen=True, slots=True)
+class HttpPlan:
+    """A compiled http (or Slack) target."""
+
+    builder: HttpRequestBuilder
+    timeout_s: float
+    concurrency: int
+    policy: RetryPolicy
+    max_per_second: float | None
+    classify: Classifier = classify_http
+
+    @property
+    def name(self) -> str:
+        return self.builder.target_name
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        return self.builder.build(delivery, now)
+
+    def bind(self, resources: Resources) -> HttpTarget:
+        limiter = RateLimiter(self.max_per_second) if self.max_per_second is not None else None
+        return HttpTarget(
+            self.name,
+            self.builder,
+            resources.session,
+            self.timeout_s,
+            self.concurrency,
+            self.policy,
+            resources.clock,
+            limiter,
+            self.classify,
+        )
+
+
+def plan_http_target(name: str, target: config.HttpTargetConfig) -> HttpPlan:
+    where = f"targets.{name}"
+    path = target.url.path
+    if not isinstance(path, str):
+        path = path.named(f"{where}.url")
+    headers = {
+        header: value.named(f"{where}.headers.{header}") for header, value in target.headers.items()
+    }
+    body = body_renderer(target.body, target.template, where)
     signer = build_signer(target.sign) if target.sign is not None else None
-    builder = HttpRequestBuilder(name, target.method, origin, path, headers, body, signer)
-    limiter = RateLimiter(target.max_per_second) if target.max_per_second is not None else None
-    return HttpTarget(
-        name,
+    builder = HttpRequestBuilder(
+        name, target.method, target.url.origin, path, headers, body, signer
+    )
+    return HttpPlan(
         builder,
-        session,
         target.timeout.total_seconds(),
         target.concurrency,
         RetryPolicy.from_config(target.retry),
-        clock,
-        limiter,
+        target.max_per_second,
     )
-
-
-def _compile(
-    compile_template: Callable[[str, str], CompiledTemplate],
-    source: str,
-    yaml_path: str,
-    problems: list[str],
-) -> CompiledTemplate | None:
-    try:
-        return compile_template(source, yaml_path)
-    except ValueError as exc:
-        problems.append(f"{yaml_path}: {exc}")
-        return None

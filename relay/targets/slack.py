@@ -8,21 +8,16 @@ connection errors retry. Sends are spaced to Slack's one message per second by d
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
-
-import aiohttp
 
 from relay import config
 from relay.addresses import split_url
 from relay.errors import RenderError
 from relay.events import Delivered, Failed, Outcome, Retry
 from relay.filters import clip
-from relay.ratelimit import RateLimiter
-from relay.render import TemplateCompiler
 from relay.retry import RetryPolicy, parse_retry_after
-from relay.targets.base import compile_body
-from relay.targets.http import HttpRequestBuilder, HttpTarget
+from relay.targets.base import body_renderer
+from relay.targets.http import HttpPlan, HttpRequestBuilder
 
 MAX_BLOCKS = 50
 MAX_TEXT_CHARS = 40_000
@@ -65,25 +60,15 @@ def classify_slack(status: int, text: str, retry_after: str | None, now: float) 
     return Failed(f"slack: {word} (HTTP {status})", status)
 
 
-def build_slack_target(
-    name: str,
-    target: config.SlackTargetConfig,
-    compiler: TemplateCompiler,
-    session: aiohttp.ClientSession,
-    clock: Callable[[], float],
-    problems: list[str],
-) -> HttpTarget:
+def plan_slack_target(name: str, target: config.SlackTargetConfig) -> HttpPlan:
     origin, rest = split_url(target.url)
-    body = compile_body(target.body, target.template, compiler, f"targets.{name}", problems)
+    body = body_renderer(target.body, target.template, f"targets.{name}")
     builder = HttpRequestBuilder(name, "POST", origin, rest, {}, body, None, check_message)
-    return HttpTarget(
-        name,
+    return HttpPlan(
         builder,
-        session,
         target.timeout.total_seconds(),
         concurrency=1,
         policy=RetryPolicy.from_config(target.retry),
-        clock=clock,
-        limiter=RateLimiter(target.max_per_second),
+        max_per_second=target.max_per_second,
         classify=classify_slack,
     )

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from relay import config
 from relay.errors import RenderError
 from relay.events import DELIVERED, Delivery, Failed, Outcome, Retry
-from relay.render import TemplateCompiler, plain_path
 from relay.retry import RetryPolicy
-from relay.targets.base import OutboundRequest
+from relay.targets.base import OutboundRequest, Resources
 from relay.warehouse.base import WarehouseUnavailable, Writer
 from relay.warehouse.duckdb import DuckdbWriter
 from relay.warehouse.postgres import PostgresWriter
@@ -122,11 +122,6 @@ class WarehouseTarget:
         self.writer = writer
         self._batcher = Batcher(writer, batch.max_rows, max_wait_s)
 
-    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
-        rows = self.mapper.rows_for(delivery.event)
-        lines = [repr(dict(zip(self.mapper.names, row, strict=True))) for row in rows]
-        return OutboundRequest("INSERT", self.name, {}, "\n".join(lines).encode())
-
     async def send(self, delivery: Delivery) -> Outcome:
         (outcome,) = await self.send_batch([delivery])
         return outcome
@@ -159,38 +154,47 @@ class WarehouseTarget:
             await self.writer.close()
 
 
-def build_warehouse_target(
-    name: str,
-    target: config.WarehouseTargetConfig,
-    compiler: TemplateCompiler,
-    problems: list[str],
-) -> WarehouseTarget:
+@dataclass(frozen=True, slots=True)
+class WarehousePlan:
+    """A compiled warehouse target: the row mapping; the writer is made when it is bound."""
+
+    mapper: RowMapper
+    config: config.WarehouseTargetConfig
+
+    @property
+    def name(self) -> str:
+        return self.mapper.target_name
+
+    def preview(self, delivery: Delivery, now: float) -> OutboundRequest:
+        rows = self.mapper.rows_for(delivery.event)
+        lines = [repr(dict(zip(self.mapper.names, row, strict=True))) for row in rows]
+        return OutboundRequest("INSERT", self.name, {}, "\n".join(lines).encode())
+
+    def bind(self, resources: Resources) -> WarehouseTarget:
+        return self.target()
+
+    def target(self) -> WarehouseTarget:
+        """The target; it needs no shared resource (its writer connects by itself)."""
+        target = self.config
+        return WarehouseTarget(
+            self.name,
+            self.mapper,
+            open_writer(target),
+            target.batch,
+            target.batches_at_once,
+            target.timeout.total_seconds(),
+            RetryPolicy.from_config(target.retry),
+        )
+
+
+def plan_warehouse_target(name: str, target: config.WarehouseTargetConfig) -> WarehousePlan:
     where = f"targets.{name}"
-    columns: list[ColumnSpec] = []
-    for column, spec in target.columns.items():
-        try:
-            value = compiler.expression(spec.value, f"{where}.columns.{column}.value")
-        except ValueError as exc:
-            problems.append(f"{where}.columns.{column}.value: {exc}")
-            continue
-        columns.append(ColumnSpec(column, spec.type, value, plain_path(spec.value)))
-    rows = None
-    if target.rows is not None:
-        try:
-            rows = compiler.expression(target.rows, f"{where}.rows")
-        except ValueError as exc:
-            problems.append(f"{where}.rows: {exc}")
-    rows_path = None if target.rows is None else plain_path(target.rows)
-    mapper = RowMapper(name, columns, rows, rows_path)
-    return WarehouseTarget(
-        name,
-        mapper,
-        open_writer(target),
-        target.batch,
-        target.batches_at_once,
-        target.timeout.total_seconds(),
-        RetryPolicy.from_config(target.retry),
-    )
+    columns = [
+        ColumnSpec(column, spec.type, spec.value.named(f"{where}.columns.{column}.value"))
+        for column, spec in target.columns.items()
+    ]
+    rows = None if target.rows is None else target.rows.named(f"{where}.rows")
+    return WarehousePlan(RowMapper(name, columns, rows), target)
 
 
 def open_writer(target: config.WarehouseTargetConfig) -> Writer:

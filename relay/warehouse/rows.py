@@ -19,9 +19,9 @@ import jinja2
 
 from relay.errors import RenderError
 from relay.events import TEMPLATE_FIELDS, Event, template_context
+from relay.render import Expression
 from relay.warehouse.convert import convert, converter
 
-Expression = Callable[[Mapping[str, Any]], Any]
 Row = tuple[Any, ...]
 
 
@@ -30,7 +30,11 @@ class ColumnSpec:
     name: str
     type: str
     value: Expression
-    path: tuple[str, ...] | None = None  # when `value` is a plain path: its parts
+
+    @property
+    def path(self) -> tuple[str, ...] | None:
+        """When `value` is a plain path: its parts."""
+        return self.value.path
 
 
 class RowMapper:
@@ -39,13 +43,12 @@ class RowMapper:
         target_name: str,
         columns: Sequence[ColumnSpec],
         rows: Expression | None,
-        rows_path: tuple[str, ...] | None = None,
     ) -> None:
         self.target_name = target_name
         self.columns = tuple(columns)
         self.names = tuple(c.name for c in columns)
         self._rows = rows
-        self.fast = FastRows(target_name, self.columns, rows, rows_path)
+        self.fast = FastRows(target_name, self.columns, rows)
 
     def rows_for(self, event: Event) -> list[Row]:
         """One row, or one per item of the `rows` expression; RenderError names the column."""
@@ -89,12 +92,11 @@ class FastRows:
         target_name: str,
         columns: Sequence[ColumnSpec],
         rows: Expression | None,
-        rows_path: tuple[str, ...] | None,
     ) -> None:
         self._target_name = target_name
         self._readers: list[Callable[[Event], Any]] = []
         self._root_index: dict[tuple[str, ...], int] = {}
-        self._rows_cell = None if rows is None else self._cell(rows_path, rows, _same, False)
+        self._rows_cell = None if rows is None else self._cell(rows.path, rows, _same, False)
         self._cells = [
             self._cell(c.path, c.value, converter(c.type), rows is not None) for c in columns
         ]
