@@ -5,15 +5,13 @@ listen address and the store URL. Messages never echo what may hold a secret.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import yarl
 
-from relay.durations import parse_duration
 from relay.fields import error
 from relay.urltemplate import url_text_problem
 
-SQLITE_OPTIONS = {"synchronous": ("normal", "full"), "busy_timeout": None}
 _ORIGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*)(.*)$", re.DOTALL)
 
 
@@ -67,30 +65,3 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not ok:
         raise error("listen", f'listen must be "HOST:PORT", got "{listen}"')
     return host.strip("[]"), int(port)
-
-
-def check_store(store: str) -> None:
-    """Only the embedded SQLite store exists; its query options are checked here, not at start."""
-    scheme, sep, _ = store.partition("://")
-    if not sep:
-        raise error("store", f'store must be a URL such as sqlite:///var/relay.db, got "{store}"')
-    if not store.startswith("sqlite:///"):
-        # Only the scheme is quoted: a database URL may carry a password.
-        raise error("store", f'unsupported store "{scheme}://...": use sqlite:///PATH')
-    file_part, _, query = store.removeprefix("sqlite:///").partition("?")
-    if not file_part:
-        raise error("store", "sqlite:/// needs a file path, e.g. sqlite:///var/relay.db")
-    wrong: list[str] = []
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        allowed = SQLITE_OPTIONS.get(name, ())
-        if name not in SQLITE_OPTIONS:
-            wrong.append(f'unknown option "{name}" (use {" or ".join(SQLITE_OPTIONS)})')
-        elif allowed is not None and value not in allowed:
-            wrong.append(f'{name} must be {" or ".join(allowed)}, got "{value}"')
-        elif name == "busy_timeout":
-            try:
-                parse_duration(value)
-            except ValueError as exc:
-                wrong.append(f"busy_timeout: {exc}")
-    if wrong:
-        raise error("store", "; ".join(wrong))

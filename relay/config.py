@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.addresses import check_store, check_url_origin, parse_listen
+from relay.addresses import check_url_origin, parse_listen
 from relay.fields import (
     Duration,
     HeaderName,
@@ -34,6 +34,7 @@ from relay.fields import (
     error,
     table_name,
 )
+from relay.store.url import parse_store_url
 from relay.templatefields import HttpUrl, InlineTemplate, JinjaExpression, TemplateFile
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
@@ -338,9 +339,10 @@ class Config(Model):
     @field_validator("store")
     @classmethod
     def _store(cls, store: str) -> str:
-        check_store(store)
-        if "\0" in store:
-            raise error("store", NUL_IN_PATH)
+        try:
+            parse_store_url(store)
+        except ValueError as exc:
+            raise error("store", str(exc)) from None
         return store
 
     @field_validator("templates_dir")

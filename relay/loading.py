@@ -27,6 +27,7 @@ from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
 from relay.fields import yaml_key, yaml_kind
 from relay.render import TemplateCompiler
+from relay.store.url import parse_store_url
 from relay.templatefields import COMPILER
 
 # Far more than any config needs; a few aliases of aliases could otherwise spell out billions.
@@ -253,13 +254,7 @@ def _templates_dir(raw: Mapping[str, Any], base_dir: Path) -> Path:
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
     """Relative paths in the config are relative to the config file, not to the cwd."""
-    store = config.store
-    if store.startswith("sqlite:///"):
-        rest = store.removeprefix("sqlite:///")
-        file_part, sep, query = rest.partition("?")
-        if not file_part.startswith("/"):
-            file_part = str((base_dir / file_part).resolve())
-        store = f"sqlite:///{file_part}{sep}{query}"
+    store = str(parse_store_url(config.store).resolved(base_dir))
     templates_dir = str((base_dir / config.templates_dir).resolve())
     targets = {name: _resolve_target(target, base_dir) for name, target in config.targets.items()}
     return config.model_copy(

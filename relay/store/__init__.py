@@ -9,8 +9,6 @@ from relay.store.base import Store
 
 def open_store(url: str, clock: Callable[[], float]) -> Store:
     """The store named by a config `store` URL (paths already resolved)."""
-    if url.startswith("sqlite:///"):
-        from relay.store.sqlite import SqliteStore
+    from relay.store.sqlite import SqliteStore
 
-        return SqliteStore.from_url(url, clock)
-    raise ValueError(f'unsupported store "{url}"')
+    return SqliteStore.from_url(url, clock)  # raises ValueError for any other URL

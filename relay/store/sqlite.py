@@ -28,10 +28,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 from relay import jsoncodec
-from relay.durations import parse_duration
 from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.store.base import (
@@ -53,6 +51,7 @@ from relay.store.health import (
 )
 from relay.store.purge import BATCH_EVENTS, Batch, Walk, purge_batch
 from relay.store.schema import migrate
+from relay.store.url import parse_store_url
 
 log = logging.getLogger("relay.store")
 
@@ -90,19 +89,13 @@ class SqliteStore:
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
-        """`sqlite:///relative/path` or `sqlite:////absolute/path`, `?synchronous=full`."""
-        rest = url.removeprefix("sqlite:///")
-        file_part, _, query = rest.partition("?")
-        options = dict(parse_qsl(query))
-        unknown = set(options) - {"synchronous", "busy_timeout"}
-        if unknown:
-            raise ValueError(f"unknown sqlite store option(s): {', '.join(sorted(unknown))}")
-        busy = parse_duration(options.get("busy_timeout", "5s"))
+        """The store a `sqlite:///` URL names (relay.store.url)."""
+        parsed = parse_store_url(url)
         return cls(
-            Path(file_part),
+            parsed.path,
             clock,
-            synchronous=options.get("synchronous", "normal"),
-            busy_timeout_ms=int(busy.total_seconds() * 1000),
+            synchronous=parsed.synchronous,
+            busy_timeout_ms=int(parsed.busy_timeout.total_seconds() * 1000),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
