@@ -64,13 +64,12 @@ import aiohttp
 import asyncpg
 import procs
 
-from relay import config
 from relay.delivery import TargetWorker
 from relay.events import Delivered, Delivery, Event
 from relay.metrics import Metrics
 from relay.render import TemplateCompiler
 from relay.store.base import AttemptResult, Store
-from relay.targets.warehouse import WarehouseTarget, plan_warehouse_target
+from relay.targets.warehouse import WarehouseTarget, WarehouseTargetConfig, plan_warehouse_target
 from relay.templatefields import COMPILER
 from relay.warehouse.base import Writer
 from relay.warehouse.postgres import PG_TYPES, PostgresWriter
@@ -160,7 +159,7 @@ def target_config(
     batch: int,
     concurrency: int | None = None,
     templates: Path = Path("templates"),
-) -> config.WarehouseTargetConfig:
+) -> WarehouseTargetConfig:
     """relay's defaults but for the batch size (and, for `target1`, one batch at a time)."""
     spec = {
         "kind": "warehouse",
@@ -175,7 +174,7 @@ def target_config(
     if concurrency is not None:
         spec["concurrency"] = concurrency
     context = {COMPILER: TemplateCompiler(templates)}
-    return config.WarehouseTargetConfig.model_validate(spec, context=context)
+    return WarehouseTargetConfig.model_validate(spec, context=context)
 
 
 def build_target(

@@ -16,7 +16,7 @@ from relay.allowlist import parse_networks
 from relay.config import Config, SourceConfig
 from relay.inbound import CompiledSource
 from relay.router import Router, compile_routes
-from relay.sources import READERS, build_verifier
+from relay.sources import SENDERS, build_verifier
 from relay.targets import plan_target
 from relay.targets.base import TargetPlan
 
@@ -54,7 +54,7 @@ def compile_source(name: str, source: SourceConfig, clock: Callable[[], float]) 
         name=name,
         path=source.path,
         verify=build_verifier(source.verify, clock) if source.verify is not None else None,
-        read=READERS[source.reads_as],
+        read=SENDERS[source.reads_as].read,
         allow_ips=parse_networks(source.allow_ips) if source.allow_ips is not None else None,
         trusted_proxies=parse_networks(source.trusted_proxies),
     )

@@ -17,8 +17,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config
+from relay.config import Config
 from relay.fields import SECRET_LIST_TAG, SECRET_TAG, yaml_key, yaml_kind
+from relay.shared_config import SIGN_SCHEMES
+from relay.sources import SCHEMES
+from relay.targets import TARGET_KINDS
 
 Loc = tuple[str | int, ...]
 Problem = tuple[str, str]  # (yaml path, message)
@@ -35,7 +38,7 @@ def strip_tags(loc: Loc) -> Loc:
     """Drop the discriminator tags pydantic inserts (`targets.x.http.url` → `targets.x.url`)."""
     parts = [p for p in loc if p not in (SECRET_TAG, SECRET_LIST_TAG)]
     if len(parts) > 3 and parts[0] == "sources" and parts[2] == "verify":
-        if parts[3] in VERIFY_SCHEMES:
+        if parts[3] in SCHEMES:
             del parts[3]  # sources.NAME.verify.<scheme>
     elif len(parts) > 2 and parts[0] == "targets" and parts[2] in TARGET_KINDS:
         del parts[2]  # targets.NAME.<kind>
@@ -59,8 +62,8 @@ _TYPE_MESSAGES = {
     "list_type": "must be a list",
 }
 _NUMBER_LIMITS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-_TAG_CHOICES: dict[str, tuple[str, ...]] = {"kind": TARGET_KINDS, "scheme": SIGN_SCHEMES}
-_VERIFY_TAG_CHOICES: dict[str, tuple[str, ...]] = {"scheme": VERIFY_SCHEMES}
+_TAG_CHOICES: dict[str, tuple[str, ...]] = {"kind": tuple(TARGET_KINDS), "scheme": SIGN_SCHEMES}
+_VERIFY_TAG_CHOICES: dict[str, tuple[str, ...]] = {"scheme": tuple(SCHEMES)}
 
 
 def spell_keys(loc: Loc, tree: Any) -> Loc:

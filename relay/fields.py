@@ -28,6 +28,10 @@ from pydantic_core import PydanticCustomError
 from relay.allowlist import parse_networks
 from relay.durations import EXAMPLES, parse_duration
 
+NUL_IN_PATH = "a file path cannot contain a NUL character (\\0)"
+# Header names whose values are credentials: redacted wherever relay writes or shows them.
+SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|signature|cookie|password", re.I)
+
 # An HTTP header name is an RFC 9110 token.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 

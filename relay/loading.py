@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from relay.config import Config, TargetConfig, WarehouseTargetConfig
+from relay.config import Config
 from relay.config_errors import Loc, Problem, describe, format_loc
 from relay.envsubst import EnvError, expand
 from relay.errors import ConfigError
@@ -256,16 +256,7 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     """Relative paths in the config are relative to the config file, not to the cwd."""
     store = str(parse_store_url(config.store).resolved(base_dir))
     templates_dir = str((base_dir / config.templates_dir).resolve())
-    targets = {name: _resolve_target(target, base_dir) for name, target in config.targets.items()}
+    targets = {name: target.resolved(base_dir) for name, target in config.targets.items()}
     return config.model_copy(
         update={"store": store, "templates_dir": templates_dir, "targets": targets}
     )
-
-
-def _resolve_target(target: TargetConfig, base_dir: Path) -> TargetConfig:
-    if not isinstance(target, WarehouseTargetConfig) or not target.url.startswith("duckdb:///"):
-        return target
-    path = target.url.removeprefix("duckdb:///")
-    if not path.startswith("/"):
-        path = str((base_dir / path).resolve())
-    return target.model_copy(update={"url": f"duckdb:///{path}"})

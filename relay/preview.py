@@ -12,19 +12,17 @@ from relay import config, samples
 from relay.errors import RenderError
 from relay.events import Delivery, Event
 from relay.router import CompiledRoute
-from relay.send import serialise
-from relay.sources import READERS
+from relay.sources import SENDERS
 from relay.targets.base import OutboundRequest, TargetPlan
 from relay.textsafety import escape_controls
 
 
 def build_event(source_name: str, sender: str, payload: Any, now: float) -> Event:
     """The event relay would store for `payload` sent by `sender` to source `source_name`."""
-    body = serialise(sender, payload)
-    headers = {"content-type": "application/json"}
-    if sender == "standard-webhooks":
-        headers |= {"webhook-id": "msg_preview", "webhook-timestamp": str(int(now))}
-    identity = READERS[sender](source_name, payload, body, headers)
+    family = SENDERS[sender]
+    body = family.serialise(payload)
+    headers = {"content-type": "application/json", **family.headers(now)}
+    identity = family.read(source_name, payload, body, headers)
     return identity.to_event(source_name, now, body, payload, headers)
 
 
@@ -90,6 +88,6 @@ def _samples_for(cfg: config.Config, route: CompiledRoute) -> Iterator[tuple[str
     for source_name, source in cfg.sources.items():
         if route.sources is not None and source_name not in route.sources:
             continue
-        if source.reads_as in samples.SENDERS:
+        if SENDERS[source.reads_as].samples:
             for sample in samples.samples(source.reads_as):
                 yield source_name, sample

@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from relay import config
 from relay.addresses import split_url
-from relay.fields import secret_values
+from relay.fields import SENSITIVE_HEADER, secret_values
+from relay.targets import TargetConfig
 from relay.targets.base import OutboundRequest
+from relay.targets.slack import SlackTargetConfig
 
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 4  # shorter values would cut ordinary words out of every message
-SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|signature|cookie|password", re.I)
 
 
 class Redactor:
@@ -62,27 +63,12 @@ def config_secrets(cfg: config.Config) -> list[str]:
         if source.verify is not None:
             found += secret_values(source.verify.secret)
     for target in cfg.targets.values():
-        found += _target_secrets(target)
+        found += target.credentials()
     return found
 
 
-def _target_secrets(target: config.TargetConfig) -> Iterator[str]:
-    if isinstance(target, config.HttpTargetConfig):
-        if target.sign is not None:
-            yield target.sign.secret.get_secret_value()
-        for name, value in target.headers.items():
-            if SENSITIVE_HEADER.search(name):
-                yield value.source
-    if isinstance(target, config.SlackTargetConfig):
-        yield target.url
-    if isinstance(target, config.WarehouseTargetConfig):
-        password = urlsplit(target.url).password
-        if password:
-            yield password
-
-
 def redact_request(
-    request: OutboundRequest, redactor: Redactor, target: config.TargetConfig
+    request: OutboundRequest, redactor: Redactor, target: TargetConfig
 ) -> OutboundRequest:
     """A request to show: credential headers, values holding a secret, Slack's url path."""
     headers = {
@@ -90,7 +76,7 @@ def redact_request(
         for name, value in request.headers.items()
     }
     url = request.url
-    if isinstance(target, config.SlackTargetConfig):
+    if isinstance(target, SlackTargetConfig):
         origin, _ = split_url(url)
         url = f"{origin}/{REDACTED}"
     return OutboundRequest(request.method, url, headers, request.body)

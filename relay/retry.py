@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from relay import config
 from relay.durations import format_duration_s
 from relay.events import Delivered, Failed, Outcome, Retry
+from relay.shared_config import RetryConfig
 
 # 408 Request Timeout, 425 Too Early, 429 Too Many Requests: the request may succeed later.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -63,7 +63,7 @@ class RetryPolicy:
     max_attempts: int | None
 
     @classmethod
-    def from_config(cls, retry: config.RetryConfig) -> RetryPolicy:
+    def from_config(cls, retry: RetryConfig) -> RetryPolicy:
         return cls(
             initial_s=retry.initial.total_seconds(),
             multiplier=retry.multiplier,

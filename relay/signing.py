@@ -6,7 +6,7 @@ import base64
 import hmac
 from collections.abc import Callable
 
-from relay import config
+from relay.shared_config import HmacSignConfig, StandardWebhooksSignConfig
 
 HeaderSigner = Callable[[bytes, str, int], dict[str, str]]
 
@@ -27,9 +27,9 @@ def standard_webhooks_signature(key: bytes, msg_id: str, timestamp: int, body: b
     return "v1," + base64.b64encode(mac).decode()
 
 
-def build_signer(sign: config.HmacSignConfig | config.StandardWebhooksSignConfig) -> HeaderSigner:
+def build_signer(sign: HmacSignConfig | StandardWebhooksSignConfig) -> HeaderSigner:
     """A function (body, message id, unix time) -> headers to add."""
-    if isinstance(sign, config.HmacSignConfig):
+    if isinstance(sign, HmacSignConfig):
         hmac_key = sign.secret.get_secret_value().encode()
         header = sign.header
 

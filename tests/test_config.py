@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from relay.compiled import compile_config
-from relay.config import (
-    ConsoleTargetConfig,
-    HmacVerifyConfig,
-    HttpTargetConfig,
-    StandardWebhooksSignConfig,
-)
 from relay.durations import format_duration, parse_duration
 from relay.envsubst import BadReference, MissingVariable, expand
 from relay.errors import ConfigError
 from relay.loading import load_config
+from relay.shared_config import StandardWebhooksSignConfig
+from relay.sources.hmac import HmacVerifyConfig
+from relay.targets.console import ConsoleTargetConfig
+from relay.targets.http import HttpTargetConfig
 from tests.conftest import ConfigWriter
 
 WHSEC = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM="  # base64 of "secret-key-for-tests"

@@ -20,10 +20,13 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.config import SIGN_SCHEMES, TARGET_KINDS, VERIFY_SCHEMES, Config, SourceConfig
+from relay.config import Config, SourceConfig
 from relay.errors import ConfigError
 from relay.fields import yaml_key
 from relay.loading import MAX_VALUES, load_config
+from relay.shared_config import SIGN_SCHEMES
+from relay.sources import SCHEMES
+from relay.targets import TARGET_KINDS
 from tests.conftest import ConfigWriter
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config.example.yaml"
@@ -48,7 +51,7 @@ KNOWN_KEYS = sorted(
 )
 WORDS = [
     *TARGET_KINDS,
-    *VERIFY_SCHEMES,
+    *SCHEMES,
     *SIGN_SCHEMES,
     *("15s", "0s", "1.5h", "-1s", "500ms", "99999999999d", "3x", "10"),
     *("http://h/", "https://h:99999/x", "http://{{ x }}/", "http://h/{{ event.id }}", "h/x"),
@@ -95,14 +98,14 @@ def config_shaped() -> st.SearchStrategy[dict[Any, Any]]:
         {"path": st.sampled_from(["/hooks/a", "/hooks/b"]) | scalars},
         optional={
             "verify": st.fixed_dictionaries(
-                {"scheme": st.sampled_from(VERIFY_SCHEMES) | scalars}, optional={"secret": trees}
+                {"scheme": st.sampled_from(tuple(SCHEMES)) | scalars}, optional={"secret": trees}
             ).flatmap(lambda v: entry.map(lambda extra: {**extra, **v})),
             "sender": scalars,
             "allow_ips": trees,
         },
     )
     target = st.fixed_dictionaries(
-        {"kind": st.sampled_from(TARGET_KINDS) | scalars}, optional={"url": scalars}
+        {"kind": st.sampled_from(tuple(TARGET_KINDS)) | scalars}, optional={"url": scalars}
     ).flatmap(lambda t: entry.map(lambda extra: {**extra, **t}))
     route = st.fixed_dictionaries(
         {"targets": st.lists(st.sampled_from(["a", "b"]) | scalars, max_size=3) | scalars},

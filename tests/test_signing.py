@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
-from relay.config import HmacSignConfig, StandardWebhooksSignConfig
+from relay.shared_config import HmacSignConfig, StandardWebhooksSignConfig
 from relay.signing import build_signer, standard_webhooks_key, standard_webhooks_signature
 
 # The Standard Webhooks / Svix reference test vector.

@@ -24,10 +24,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from relay import config
 from relay.samples import sample
 from relay.store.base import DeliveryRecord
-from relay.targets.warehouse import open_writer
+from relay.targets.warehouse import WarehouseTargetConfig, open_writer
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.pg import Postgres, TcpProxy, host_port, postgres, unavailable
 
@@ -527,7 +526,7 @@ async def test_the_writer_isolates_bad_deliveries_within_one_batch(warehouse: Wa
     """The same, without relay around it: one `write` call is one batch, by construction."""
     table = warehouse.new_table()
     await warehouse.execute(CHECKED_TABLE.format(table=table))
-    spec = config.WarehouseTargetConfig.model_validate(
+    spec = WarehouseTargetConfig.model_validate(
         target(warehouse.url, table, CHECKED_COLUMNS, ["event_id"], create_table=False)
     )
     writer = open_writer(spec)

@@ -18,8 +18,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from relay import config
-from relay.targets.warehouse import open_writer
+from relay.targets.warehouse import WarehouseTargetConfig, open_writer
 from relay.warehouse.base import Writer
 from tests.pg import Postgres, postgres
 
@@ -35,7 +34,7 @@ async def pg() -> AsyncIterator[Postgres]:
 def writer_for(
     pg: Postgres, table: str, columns: dict[str, str], key: list[str], **options: Any
 ) -> Writer:
-    spec = config.WarehouseTargetConfig.model_validate(
+    spec = WarehouseTargetConfig.model_validate(
         {
             "kind": "warehouse",
             "url": pg.url,
@@ -153,11 +152,11 @@ def test_duckdb_takes_one_batch_at_a_time() -> None:
         "columns": {"id": {"value": "event.id"}},
         "key": ["id"],
     }
-    assert config.WarehouseTargetConfig.model_validate(base).batches_at_once == 1
+    assert WarehouseTargetConfig.model_validate(base).batches_at_once == 1
     postgres_target = {**base, "url": "postgresql://127.0.0.1/db"}
-    assert config.WarehouseTargetConfig.model_validate(postgres_target).batches_at_once == 2
+    assert WarehouseTargetConfig.model_validate(postgres_target).batches_at_once == 2
     with pytest.raises(ValueError, match="DuckDB writes one batch at a time"):
-        config.WarehouseTargetConfig.model_validate({**base, "concurrency": 2})
+        WarehouseTargetConfig.model_validate({**base, "concurrency": 2})
 
 
 async def test_non_finite_doubles_and_awkward_text_go_in_as_they_are(pg: Postgres) -> None:

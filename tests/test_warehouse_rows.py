@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from relay import config, preview
+from relay import preview
 from relay.errors import RenderError
 from relay.events import Event
 from relay.loading import load_config
 from relay.render import TemplateCompiler
 from relay.samples import SENDERS, samples
-from relay.targets.warehouse import plan_warehouse_target
+from relay.targets.warehouse import WarehouseTargetConfig, plan_warehouse_target
 from relay.warehouse.rows import Row, RowMapper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ NOW = 1731404490.25
 
 
 def mapper(columns: dict[str, tuple[str, str]], rows: str | None = None) -> RowMapper:
-    spec = config.WarehouseTargetConfig.model_validate(
+    spec = WarehouseTargetConfig.model_validate(
         {
             "kind": "warehouse",
             "url": "duckdb:///unused.duckdb",
@@ -47,7 +47,7 @@ def example_mappers() -> dict[str, RowMapper]:
     loaded = load_config(ROOT / "config.example.yaml", {})
     mappers = {}
     for name, target in loaded.targets.items():
-        if isinstance(target, config.WarehouseTargetConfig):
+        if isinstance(target, WarehouseTargetConfig):
             mappers[name] = plan_warehouse_target(name, target).mapper
     return mappers
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from relay import config
 from relay.delivery import TargetWorker
 from relay.events import Delivered, Delivery, Event, Failed, Outcome, Retry
 from relay.metrics import Metrics
 from relay.retry import RetryPolicy
+from relay.shared_config import RetryConfig
 from relay.store.base import DeliveryRecord
 from relay.store.sqlite import SqliteStore
 from relay.targets.base import BatchTarget, OutboundRequest
@@ -34,7 +34,7 @@ class GroupTarget:
     concurrency = 7
     batch_size = 3
     lease_s = 30.0
-    policy = RetryPolicy.from_config(config.RetryConfig())
+    policy = RetryPolicy.from_config(RetryConfig())
 
     def __init__(self, answer: Callable[[Delivery], Outcome]) -> None:
         self.answer = answer

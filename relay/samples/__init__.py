@@ -19,8 +19,16 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
 
-SENDERS = ("flagright", "flagsmith", "flipt")
 _SUFFIX = ".json"
+# The senders with samples: one folder each (a sender says in its registry entry, `samples`,
+# whether it has one; a test holds the two together).
+SENDERS = tuple(
+    sorted(
+        entry.name
+        for entry in files(__name__).iterdir()
+        if entry.is_dir() and not entry.name.startswith(("_", "."))
+    )
+)
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,46 @@
 """Inbound senders: how each one's requests are verified and read into relay's event.
 
-A sender family is one module with `build_verifier` and `read`, plus one entry here.
+A sender family is one module (see `relay.sources.base.Sender`) plus one entry in `SENDERS`;
+`relay/config.py` builds the `verify` union and the `sender` choices from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Union
 
-from relay import config
-from relay.fields import secret_values
-from relay.signing import standard_webhooks_key
-from relay.sources import flagright, flagsmith, flipt, standard_webhooks
-from relay.sources.base import Reader, Verifier, read_generic
-from relay.sources.hmac import build_hmac_verifier
+from pydantic import Field
 
-READERS: dict[str, Reader] = {
-    "generic": read_generic,
-    "flagright": flagright.read,
-    "flagsmith": flagsmith.read,
-    "flipt": flipt.read,
-    "standard-webhooks": standard_webhooks.read,
+from relay.sources import flagright, flagsmith, flipt, hmac, standard_webhooks
+from relay.sources.base import Sender, Verifier, VerifyModel, VerifyScheme
+
+SENDERS: dict[str, Sender] = {
+    sender.name: sender
+    for sender in (
+        hmac.SENDER,
+        flagright.SENDER,
+        flagsmith.SENDER,
+        flipt.SENDER,
+        standard_webhooks.SENDER,
+    )
+}
+GENERIC = hmac.SENDER.name
+# Each `verify.scheme`, and the sender whose requests it verifies by default.
+SCHEMES: dict[str, VerifyScheme] = {
+    sender.verify.name: sender.verify for sender in SENDERS.values() if sender.verify is not None
+}
+SENDER_OF_SCHEME: dict[str, str] = {
+    sender.verify.name: sender.name for sender in SENDERS.values() if sender.verify is not None
 }
 
+if TYPE_CHECKING:
+    VerifyConfig = VerifyModel
+else:  # what `sources.NAME.verify` validates as: one of the schemes' models, by `scheme`
+    VerifyConfig = Annotated[
+        Union[tuple(scheme.model for scheme in SCHEMES.values())],  # noqa: UP007
+        Field(discriminator="scheme"),
+    ]
 
-def build_verifier(verify: config.VerifyConfig, clock: Callable[[], float]) -> Verifier:
-    secrets = secret_values(verify.secret)
-    keys = [secret.encode() for secret in secrets]
-    if isinstance(verify, config.HmacVerifyConfig):
-        return build_hmac_verifier(keys, verify.header, verify.encoding, verify.prefix)
-    if isinstance(verify, config.FlagrightVerifyConfig):
-        return flagright.build_verifier(keys)
-    if isinstance(verify, config.FlagsmithVerifyConfig):
-        return flagsmith.build_verifier(keys)
-    if isinstance(verify, config.FliptVerifyConfig):
-        return flipt.build_verifier(keys)
-    sw_keys = [standard_webhooks_key(secret) for secret in secrets]
-    return standard_webhooks.build_verifier(sw_keys, verify.tolerance.total_seconds(), clock)
+
+def build_verifier(verify: VerifyModel, clock: Callable[[], float]) -> Verifier:
+    return SCHEMES[verify.scheme].build_verifier(verify, clock)

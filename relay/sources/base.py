@@ -1,14 +1,23 @@
-"""What a source contributes to ingest: verify the raw request, then read id, type and data."""
+"""What a source contributes to ingest: verify the raw request, then read id, type and data.
+
+A sender family is one module: its `verify` config model and verifier (a VerifyScheme), its
+reader, how it serialises and signs (for `relay send`), and its samples; it is one `Sender`
+entry in `relay/sources/__init__.py`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import SecretStr
 
 from relay.events import Event
+from relay.fields import Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,14 @@ def plausible_time(epoch_s: float | None) -> float | None:
     return None
 
 
+class VerifyModel(Model):
+    """What a `verify` config model is: each scheme narrows `scheme` to its own name."""
+
+    if TYPE_CHECKING:  # declared by each scheme, where its fields are in the order they read
+        scheme: str
+        secret: SecretStr | list[SecretStr]
+
+
 class Verifier(Protocol):
     def __call__(self, body: bytes, headers: Mapping[str, str]) -> None:
         """Return if the request is authentic; raise VerificationError with the reason if not."""
@@ -86,3 +103,37 @@ def read_generic(
         if isinstance(raw_type, str) and raw_type:
             event_type = raw_type
     return EventIdentity(event_id or body_digest(body), event_type, data_key)
+
+
+# How a sender's requests are signed, for `relay send`: (verify config, body, now) -> headers.
+Signer = Callable[[Any, bytes, float], dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyScheme:
+    """One value of `verify.scheme`: its config model, its verifier, and how to sign."""
+
+    name: str
+    model: type[VerifyModel]
+    build_verifier: Callable[[Any, Callable[[], float]], Verifier]  # (config, clock)
+    sign: Signer
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """A sender family: how its requests are read, written and (by default) verified."""
+
+    name: str  # what `sources.NAME.sender` says
+    read: Reader
+    serialise: Callable[[Any], bytes]  # a payload as the sender's own code writes it
+    verify: VerifyScheme | None  # the scheme its requests are signed with
+    # Shipped samples (relay/samples/NAME/): False for a scheme any application may speak,
+    # whose payloads are the application's own.
+    samples: bool = True
+    # Headers its requests carry beside the signature, for `relay render` and `relay check`.
+    headers: Callable[[float], dict[str, str]] = field(default=lambda now: {})
+
+
+def compact_json(payload: Any) -> bytes:
+    """Compact UTF-8 JSON, as JavaScript's JSON.stringify writes it."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

@@ -6,18 +6,35 @@ signature per active secret, comma-separated, while Flagright rolls its secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from relay.errors import InboundError
-from relay.sources.base import EventIdentity, Verifier
-from relay.sources.hexhmac import build_hex_hmac_verifier
+from relay.fields import Secrets
+from relay.sources.base import (
+    EventIdentity,
+    Sender,
+    Verifier,
+    VerifyModel,
+    VerifyScheme,
+    compact_json,
+)
+from relay.sources.hexhmac import build_hex_hmac_verifier, hex_signer, secret_keys
 
 SIGNATURE_HEADERS = ("x-flagright-signature", "x-webhook-signature")
 
 
+class FlagrightVerifyConfig(VerifyModel):
+    scheme: Literal["flagright"]
+    secret: Secrets
+
+
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:
     return build_hex_hmac_verifier(secrets, SIGNATURE_HEADERS, several=True)
+
+
+def verifier_for(verify: FlagrightVerifyConfig, clock: Callable[[], float]) -> Verifier:
+    return build_verifier(secret_keys(verify))
 
 
 def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> EventIdentity:
@@ -35,3 +52,13 @@ def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> 
         else None
     )
     return EventIdentity(event_id, event_type, "data", created_at)
+
+
+SENDER = Sender(
+    "flagright",
+    read,
+    compact_json,  # Node's JSON.stringify: compact, UTF-8
+    VerifyScheme(
+        "flagright", FlagrightVerifyConfig, verifier_for, hex_signer(SIGNATURE_HEADERS[0])
+    ),
+)

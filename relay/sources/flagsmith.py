@@ -7,21 +7,44 @@ Flagsmith sends no id: the id is the SHA-256 of the body, so a retry of the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from relay.errors import InboundError
-from relay.sources.base import EventIdentity, Verifier, body_digest
-from relay.sources.hexhmac import build_hex_hmac_verifier
+from relay.fields import Secrets
+from relay.sources.base import (
+    EventIdentity,
+    Sender,
+    Verifier,
+    VerifyModel,
+    VerifyScheme,
+    body_digest,
+)
+from relay.sources.hexhmac import build_hex_hmac_verifier, hex_signer, secret_keys
 
 SIGNATURE_HEADER = "X-Flagsmith-Signature"
 IDENTITY_FLAGS = "IDENTITY_FLAGS"
 _IDENTITY_KEYS = frozenset({"identity", "traits", "flags"})
 
 
+class FlagsmithVerifyConfig(VerifyModel):
+    scheme: Literal["flagsmith"]
+    secret: Secrets
+
+
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:
     return build_hex_hmac_verifier(secrets, [SIGNATURE_HEADER])
+
+
+def verifier_for(verify: FlagsmithVerifyConfig, clock: Callable[[], float]) -> Verifier:
+    return build_verifier(secret_keys(verify))
+
+
+def serialise(payload: Any) -> bytes:
+    """Python's `json.dumps(sort_keys=True)`: ASCII, with spaces, keys sorted."""
+    return json.dumps(payload, sort_keys=True).encode()
 
 
 def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> EventIdentity:
@@ -47,3 +70,11 @@ def _timestamp(data: Any) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+SENDER = Sender(
+    "flagsmith",
+    read,
+    serialise,
+    VerifyScheme("flagsmith", FlagsmithVerifyConfig, verifier_for, hex_signer(SIGNATURE_HEADER)),
+)

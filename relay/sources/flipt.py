@@ -7,19 +7,51 @@ is `"<type>:<action>"` (e.g. `flag:created`), so routes can use Flipt's own `fla
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from relay.errors import InboundError
-from relay.sources.base import EventIdentity, Verifier, body_digest
-from relay.sources.hexhmac import build_hex_hmac_verifier
+from relay.fields import Secrets
+from relay.sources.base import (
+    EventIdentity,
+    Sender,
+    Verifier,
+    VerifyModel,
+    VerifyScheme,
+    body_digest,
+    compact_json,
+)
+from relay.sources.hexhmac import build_hex_hmac_verifier, hex_signer, secret_keys
 
 SIGNATURE_HEADER = "X-Flipt-Webhook-Signature"
 
 
+class FliptVerifyConfig(VerifyModel):
+    scheme: Literal["flipt"]
+    secret: Secrets
+
+
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:
     return build_hex_hmac_verifier(secrets, [SIGNATURE_HEADER])
+
+
+def verifier_for(verify: FliptVerifyConfig, clock: Callable[[], float]) -> Verifier:
+    return build_verifier(secret_keys(verify))
+
+
+def serialise(payload: Any) -> bytes:
+    """Go's `json.Marshal`: compact UTF-8, with `<`, `>`, `&`, U+2028 and U+2029 escaped."""
+    text = compact_json(payload).decode()
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escaped)
+    return text.encode()
 
 
 def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> EventIdentity:
@@ -39,3 +71,11 @@ def _rfc3339(payload: dict[str, Any]) -> float | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+SENDER = Sender(
+    "flipt",
+    read,
+    serialise,
+    VerifyScheme("flipt", FliptVerifyConfig, verifier_for, hex_signer(SIGNATURE_HEADER)),
+)

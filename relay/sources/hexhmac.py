@@ -10,8 +10,23 @@ import hmac
 from collections.abc import Mapping, Sequence
 
 from relay.errors import VerificationError
+from relay.fields import secret_values
 from relay.signing import hmac_sha256
-from relay.sources.base import Verifier
+from relay.sources.base import Signer, Verifier, VerifyModel
+
+
+def secret_keys(verify: VerifyModel) -> list[bytes]:
+    """Every configured secret, as HMAC keys (relay tries each: either side may rotate)."""
+    return [secret.encode() for secret in secret_values(verify.secret)]
+
+
+def hex_signer(header: str) -> Signer:
+    """Signs as these senders do, with the first secret, for `relay send`."""
+
+    def sign(verify: VerifyModel, body: bytes, now: float) -> dict[str, str]:
+        return {header: hmac_sha256(secret_keys(verify)[0], body).hex()}
+
+    return sign
 
 
 def build_hex_hmac_verifier(

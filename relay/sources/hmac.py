@@ -1,14 +1,46 @@
-"""Generic HMAC-SHA256 of the raw body in one header (hex or base64, optional prefix)."""
+"""Generic HMAC-SHA256 of the raw body in one header (hex or base64, optional prefix), and the
+generic sender that any application can be: `id`, `type` and `data` if its payload has them.
+"""
 
 from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from relay.errors import VerificationError
+from relay.fields import HeaderName, Secrets
 from relay.signing import hmac_sha256
-from relay.sources.base import Verifier
+from relay.sources.base import (
+    Sender,
+    Verifier,
+    VerifyModel,
+    VerifyScheme,
+    compact_json,
+    read_generic,
+)
+from relay.sources.hexhmac import secret_keys
+
+
+class HmacVerifyConfig(VerifyModel):
+    """Generic HMAC-SHA256 of the raw body, sent in one header."""
+
+    scheme: Literal["hmac-sha256"]
+    secret: Secrets
+    header: HeaderName
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+
+
+def verifier_for(verify: HmacVerifyConfig, clock: Callable[[], float]) -> Verifier:
+    return build_hmac_verifier(secret_keys(verify), verify.header, verify.encoding, verify.prefix)
+
+
+def sign(verify: HmacVerifyConfig, body: bytes, now: float) -> dict[str, str]:
+    digest = hmac_sha256(secret_keys(verify)[0], body)
+    encoded = digest.hex() if verify.encoding == "hex" else base64.b64encode(digest).decode()
+    return {verify.header: verify.prefix + encoded}
 
 
 def build_hmac_verifier(
@@ -35,3 +67,7 @@ def build_hmac_verifier(
             raise VerificationError(f"signature in {header_name} does not match the body")
 
     return check
+
+
+SCHEME = VerifyScheme("hmac-sha256", HmacVerifyConfig, verifier_for, sign)
+SENDER = Sender("generic", read_generic, compact_json, SCHEME, samples=False)

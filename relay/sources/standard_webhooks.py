@@ -8,12 +8,44 @@ from __future__ import annotations
 
 import base64
 import hmac
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 from relay.errors import InboundError, VerificationError
-from relay.signing import hmac_sha256
-from relay.sources.base import EventIdentity, Verifier
+from relay.fields import Duration, WhsecSecrets, secret_values
+from relay.signing import hmac_sha256, standard_webhooks_key, standard_webhooks_signature
+from relay.sources.base import (
+    EventIdentity,
+    Sender,
+    Verifier,
+    VerifyModel,
+    VerifyScheme,
+    compact_json,
+)
+
+
+class StandardWebhooksVerifyConfig(VerifyModel):
+    scheme: Literal["standard-webhooks"]
+    secret: WhsecSecrets
+    tolerance: Duration = timedelta(minutes=5)
+
+
+def verifier_for(verify: StandardWebhooksVerifyConfig, clock: Callable[[], float]) -> Verifier:
+    keys = [standard_webhooks_key(secret) for secret in secret_values(verify.secret)]
+    return build_verifier(keys, verify.tolerance.total_seconds(), clock)
+
+
+def sign(verify: StandardWebhooksVerifyConfig, body: bytes, now: float) -> dict[str, str]:
+    """A fresh message id and the current time, signed with the first secret."""
+    msg_id, timestamp = f"msg_{uuid.uuid4().hex}", int(now)
+    key = standard_webhooks_key(secret_values(verify.secret)[0])
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": standard_webhooks_signature(key, msg_id, timestamp, body),
+    }
 
 
 def build_verifier(
@@ -77,3 +109,17 @@ def read(source: str, payload: Any, body: bytes, headers: Mapping[str, str]) -> 
     timestamp = headers.get("webhook-timestamp", "").strip()
     created_at = float(timestamp) if timestamp.isdigit() else None
     return EventIdentity(msg_id, event_type, data_key, created_at)
+
+
+def _preview_headers(now: float) -> dict[str, str]:
+    return {"webhook-id": "msg_preview", "webhook-timestamp": str(int(now))}
+
+
+SENDER = Sender(
+    "standard-webhooks",
+    read,
+    compact_json,
+    VerifyScheme("standard-webhooks", StandardWebhooksVerifyConfig, verifier_for, sign),
+    samples=False,  # any application speaks it: its payloads are the application's own
+    headers=_preview_headers,
+)

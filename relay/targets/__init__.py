@@ -1,28 +1,51 @@
-"""Outbound targets. A target kind is one module plus one entry in `PLANNERS`.
+"""Outbound targets. A target kind is one module plus one entry in `TARGET_KINDS`.
 
-Each planner turns a target's validated config (templates already compiled) into a pure
-TargetPlan; the plan is bound to run-time resources (`TargetPlan.bind`) only by the daemon.
+The module holds the kind's config model (its `kind` tag, fields and checks), a planner that
+turns a validated config (templates already compiled) into a pure TargetPlan, and the runtime
+target a plan binds to resources. `relay/config.py` builds the `targets` union from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from relay import config
+from pydantic import Field
+
+from relay.shared_config import TargetModel
 from relay.targets.base import TargetPlan
-from relay.targets.console import plan_console_target
-from relay.targets.http import plan_http_target
-from relay.targets.slack import plan_slack_target
-from relay.targets.warehouse import plan_warehouse_target
+from relay.targets.console import ConsoleTargetConfig, plan_console_target
+from relay.targets.http import HttpTargetConfig, plan_http_target
+from relay.targets.slack import SlackTargetConfig, plan_slack_target
+from relay.targets.warehouse import WarehouseTargetConfig, plan_warehouse_target
 
-PLANNERS: dict[type[Any], Callable[[str, Any], TargetPlan]] = {
-    config.HttpTargetConfig: plan_http_target,
-    config.SlackTargetConfig: plan_slack_target,
-    config.WarehouseTargetConfig: plan_warehouse_target,
-    config.ConsoleTargetConfig: plan_console_target,
+
+@dataclass(frozen=True, slots=True)
+class TargetKind:
+    name: str  # the `kind` a config writes
+    model: type[TargetModel]
+    plan: Callable[[str, Any], TargetPlan]  # (target name, its config) -> plan
+
+
+TARGET_KINDS = {
+    kind.name: kind
+    for kind in (
+        TargetKind("http", HttpTargetConfig, plan_http_target),
+        TargetKind("slack", SlackTargetConfig, plan_slack_target),
+        TargetKind("warehouse", WarehouseTargetConfig, plan_warehouse_target),
+        TargetKind("console", ConsoleTargetConfig, plan_console_target),
+    )
 }
 
+if TYPE_CHECKING:
+    TargetConfig = TargetModel
+else:  # what `targets.NAME` validates as: one of the kinds' models, by `kind`
+    TargetConfig = Annotated[
+        Union[tuple(kind.model for kind in TARGET_KINDS.values())],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
 
-def plan_target(name: str, target: config.TargetConfig) -> TargetPlan:
-    return PLANNERS[type(target)](name, target)
+
+def plan_target(name: str, target: TargetModel) -> TargetPlan:
+    return TARGET_KINDS[target.kind].plan(name, target)

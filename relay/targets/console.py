@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Literal, TextIO
 
-from relay import config
 from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome, template_context
 from relay.retry import RetryPolicy
+from relay.shared_config import BodyTargetModel, RetryConfig
 from relay.targets.base import BodyRenderer, OutboundRequest, Resources, body_renderer
 from relay.textsafety import escape_controls, escape_controls_json
+
+
+class ConsoleTargetConfig(BodyTargetModel):
+    kind: Literal["console"]
+    retry: RetryConfig = RetryConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +33,7 @@ class ConsolePlan:
         return ConsoleTarget(self, resources.out)
 
 
-def plan_console_target(name: str, target: config.ConsoleTargetConfig) -> ConsolePlan:
+def plan_console_target(name: str, target: ConsoleTargetConfig) -> ConsolePlan:
     body = body_renderer(target.body, target.template, f"targets.{name}")
     return ConsolePlan(name, body, RetryPolicy.from_config(target.retry))
 

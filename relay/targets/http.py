@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
 
 import aiohttp
 import yarl
+from pydantic import Field, field_validator
 
-from relay import __version__, config
+from relay import __version__
 from relay.errors import RenderError
 from relay.events import Delivery, Failed, Outcome, Retry, template_context
+from relay.fields import SENSITIVE_HEADER, Duration, HeaderName, error
 from relay.ratelimit import RateLimiter
 from relay.render import CompiledTemplate
 from relay.retry import RetryPolicy, classify_status
+from relay.shared_config import BodyTargetModel, RetryConfig, SignConfig
 from relay.signing import HeaderSigner, build_signer
 from relay.targets.base import (
     BodyRenderer,
@@ -25,7 +31,35 @@ from relay.targets.base import (
     check_json,
     is_json_content_type,
 )
+from relay.templatefields import HttpUrl, InlineTemplate
 from relay.textsafety import header_value_problem
+
+
+class HttpTargetConfig(BodyTargetModel):
+    kind: Literal["http"]
+    url: HttpUrl
+    method: str = "POST"
+    headers: dict[HeaderName, InlineTemplate] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=10)
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    max_per_second: float | None = Field(default=None, gt=0)
+    sign: SignConfig | None = None
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, method: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]+", method):
+            raise error("method", f'invalid HTTP method "{method}"')
+        return method.upper()
+
+    def credentials(self) -> Iterator[str]:
+        if self.sign is not None:
+            yield self.sign.secret.get_secret_value()
+        for name, value in self.headers.items():
+            if SENSITIVE_HEADER.search(name):
+                yield value.source
+
 
 log = logging.getLogger("relay.targets")
 
@@ -214,7 +248,7 @@ class HttpPlan:
         )
 
 
-def plan_http_target(name: str, target: config.HttpTargetConfig) -> HttpPlan:
+def plan_http_target(name: str, target: HttpTargetConfig) -> HttpPlan:
     where = f"targets.{name}"
     path = target.url.path
     if not isinstance(path, str):

@@ -8,16 +8,49 @@ connection errors retry. Sends are spaced to Slack's one message per second by d
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, Literal
 
-from relay import config
-from relay.addresses import split_url
+from pydantic import Field, field_validator, model_validator
+
+from relay.addresses import check_url_origin, split_url
 from relay.errors import RenderError
 from relay.events import Delivered, Failed, Outcome, Retry
+from relay.fields import Duration, error
 from relay.filters import clip
 from relay.retry import RetryPolicy, parse_retry_after
+from relay.shared_config import BodyTargetModel, RetryConfig
 from relay.targets.base import body_renderer
 from relay.targets.http import HttpPlan, HttpRequestBuilder
+
+
+class SlackTargetConfig(BodyTargetModel):
+    """A Slack incoming webhook; the template renders the message JSON."""
+
+    kind: Literal["slack"]
+    url: str
+    timeout: Duration = timedelta(seconds=10)
+    max_per_second: float = Field(default=1.0, gt=0)  # Slack's documented limit
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _fixed_url(cls, url: str) -> str:
+        check_url_origin(url)
+        if "{{" in url or "{%" in url:
+            raise error("url", "a Slack webhook url cannot contain template expressions")
+        return url
+
+    @model_validator(mode="after")
+    def _needs_a_message(self) -> SlackTargetConfig:
+        if self.body is None and self.template is None:
+            raise error("template", "a Slack target needs a template (or body) for the message")
+        return self
+
+    def credentials(self) -> Iterator[str]:
+        yield self.url  # a Slack webhook url is its own token
+
 
 MAX_BLOCKS = 50
 MAX_TEXT_CHARS = 40_000
@@ -60,7 +93,7 @@ def classify_slack(status: int, text: str, retry_after: str | None, now: float) 
     return Failed(f"slack: {word} (HTTP {status})", status)
 
 
-def plan_slack_target(name: str, target: config.SlackTargetConfig) -> HttpPlan:
+def plan_slack_target(name: str, target: SlackTargetConfig) -> HttpPlan:
     origin, rest = split_url(target.url)
     body = body_renderer(target.body, target.template, f"targets.{name}")
     builder = HttpRequestBuilder(name, "POST", origin, rest, {}, body, None, check_message)

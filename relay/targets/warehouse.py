@@ -11,21 +11,107 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from relay import config
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
 from relay.errors import RenderError
 from relay.events import DELIVERED, Delivery, Failed, Outcome, Retry
+from relay.fields import NUL_IN_PATH, Duration, Identifier, Model, error, table_name
 from relay.retry import RetryPolicy
+from relay.shared_config import RetryConfig, TargetModel
 from relay.targets.base import OutboundRequest, Resources
+from relay.templatefields import JinjaExpression
 from relay.warehouse.base import WarehouseUnavailable, Writer
 from relay.warehouse.duckdb import DuckdbWriter
 from relay.warehouse.postgres import PostgresWriter
 from relay.warehouse.rows import ColumnSpec, Row, RowMapper
 
+
 # Some deliveries' rows (one list per delivery) in one batch, and the future of their outcomes.
+class ColumnConfig(Model):
+    value: JinjaExpression  # over `event`, `target` and, with `rows`, `row`
+    type: Literal["text", "bigint", "double", "boolean", "timestamptz", "jsonb"] = "text"
+
+
+class BatchConfig(Model):
+    max_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_wait: Duration = timedelta(seconds=1)
+
+
+class WarehouseTargetConfig(TargetModel):
+    """Rows into PostgreSQL (and what speaks its protocol) or an embedded DuckDB file."""
+
+    kind: Literal["warehouse"]
+    url: str
+    table: Annotated[str, AfterValidator(table_name)]
+    columns: dict[Identifier, ColumnConfig] = Field(min_length=1)
+    rows: JinjaExpression | None = None  # giving a list: one row per item
+    key: list[Identifier] = Field(min_length=1)
+    create_table: bool = False
+    batch: BatchConfig = BatchConfig()
+    # Batches written at once, each on its own connection: PostgreSQL 2 by default (one
+    # being written while the server commits another), DuckDB always 1 (one writer per file).
+    concurrency: int | None = Field(default=None, ge=1, le=16)
+    timeout: Duration = timedelta(seconds=30)
+    retry: RetryConfig = RetryConfig()
+
+    @property
+    def batches_at_once(self) -> int:
+        if self.concurrency is not None:
+            return self.concurrency
+        return 1 if self.url.startswith("duckdb:///") else 2
+
+    @field_validator("url")
+    @classmethod
+    def _warehouse_url(cls, url: str) -> str:
+        if url.startswith("duckdb:///"):
+            if not url.removeprefix("duckdb:///"):
+                raise error("url", "duckdb:/// needs a file path")
+            if "\0" in url:
+                raise error("url", NUL_IN_PATH)
+            return url
+        if not url.startswith(("postgresql://", "postgres://")):
+            scheme = url.split("://", 1)[0] if "://" in url else "(none)"
+            raise error(
+                "url", f'unsupported scheme "{scheme}": use postgresql://... or duckdb:///PATH'
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _key_in_columns(self) -> WarehouseTargetConfig:
+        missing = [name for name in self.key if name not in self.columns]
+        if missing:
+            raise error("key", f"key column(s) not in columns: {', '.join(missing)}")
+        return self
+
+    @field_validator("concurrency")
+    @classmethod
+    def _one_duckdb_writer(cls, concurrency: int | None, info: ValidationInfo) -> int | None:
+        url = info.data.get("url")
+        if concurrency not in (None, 1) and isinstance(url, str) and url.startswith("duckdb:///"):
+            raise error("concurrency", "DuckDB writes one batch at a time: leave it out or set 1")
+        return concurrency
+
+    def credentials(self) -> Iterator[str]:
+        password = urlsplit(self.url).password
+        if password:
+            yield password
+
+    def resolved(self, base_dir: Path) -> WarehouseTargetConfig:
+        if not self.url.startswith("duckdb:///"):
+            return self
+        path = self.url.removeprefix("duckdb:///")
+        if not path.startswith("/"):
+            path = str((base_dir / path).resolve())
+        return self.model_copy(update={"url": f"duckdb:///{path}"})
+
+
 Share = tuple[list[Sequence[Row]], "asyncio.Future[list[Outcome]]"]
 
 
@@ -105,7 +191,7 @@ class WarehouseTarget:
         name: str,
         mapper: RowMapper,
         writer: Writer,
-        batch: config.BatchConfig,
+        batch: BatchConfig,
         batches_at_once: int,
         timeout_s: float,
         policy: RetryPolicy,
@@ -159,7 +245,7 @@ class WarehousePlan:
     """A compiled warehouse target: the row mapping; the writer is made when it is bound."""
 
     mapper: RowMapper
-    config: config.WarehouseTargetConfig
+    config: WarehouseTargetConfig
 
     @property
     def name(self) -> str:
@@ -187,7 +273,7 @@ class WarehousePlan:
         )
 
 
-def plan_warehouse_target(name: str, target: config.WarehouseTargetConfig) -> WarehousePlan:
+def plan_warehouse_target(name: str, target: WarehouseTargetConfig) -> WarehousePlan:
     where = f"targets.{name}"
     columns = [
         ColumnSpec(column, spec.type, spec.value.named(f"{where}.columns.{column}.value"))
@@ -197,7 +283,7 @@ def plan_warehouse_target(name: str, target: config.WarehouseTargetConfig) -> Wa
     return WarehousePlan(RowMapper(name, columns, rows), target)
 
 
-def open_writer(target: config.WarehouseTargetConfig) -> Writer:
+def open_writer(target: WarehouseTargetConfig) -> Writer:
     """The writer for the url's database; nothing connects until the first batch."""
     columns = [(name, spec.type) for name, spec in target.columns.items()]
     if target.url.startswith("duckdb:///"):

@@ -1,0 +1,71 @@
+"""Config models that several kinds share: the target base, retry, outbound signing, a body.
+
+Each kind's own model lives in its module (`relay/targets/http.py`, `relay/sources/flipt.py`,
+...) and is listed in its registry; `relay/config.py` builds the tagged unions from those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, Self
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from relay.fields import Duration, HeaderName, Model, Secret, WhsecSecret, error
+from relay.templatefields import InlineTemplate, TemplateFile
+
+SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
+
+
+class RetryConfig(Model):
+    initial: Duration = timedelta(milliseconds=500)
+    multiplier: float = Field(default=2.0, ge=1.0)
+    max_interval: Duration = timedelta(minutes=10)
+    max_elapsed: Duration = timedelta(hours=24)
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class HmacSignConfig(Model):
+    scheme: Literal["hmac-sha256"]
+    secret: Secret
+    header: HeaderName = "Relay-Signature"
+
+
+class StandardWebhooksSignConfig(Model):
+    scheme: Literal["standard-webhooks"]
+    secret: WhsecSecret
+
+
+SignConfig = Annotated[HmacSignConfig | StandardWebhooksSignConfig, Field(discriminator="scheme")]
+
+
+class TargetModel(Model):
+    """What every target's config model is: each kind narrows `kind` to its own name."""
+
+    if TYPE_CHECKING:  # declared by each kind, where its fields are in the order they read
+        kind: str
+        retry: RetryConfig
+
+    def credentials(self) -> Iterator[str]:
+        """The credentials this target's config holds (redacted wherever relay writes)."""
+        return iter(())
+
+    def resolved(self, base_dir: Path) -> Self:
+        """The same config with relative file paths made relative to `base_dir`."""
+        return self
+
+
+class BodyTargetModel(TargetModel):
+    """A target whose request body is a template (`body` inline, or a `template` file)."""
+
+    body: InlineTemplate | None = None
+    template: TemplateFile | None = None
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _one_body_source(cls, template: object, info: ValidationInfo) -> object:
+        if template is not None and info.data.get("body") is not None:
+            raise error("body", "set body or template, not both")
+        return template
