@@ -28,6 +28,7 @@ from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
 from relay.preview import build_event, check_samples, format_request, preview
 from relay.redaction import Redactor, config_secrets, redact_request
+from relay.schema import config_schema_text
 from relay.send import post, sign_request
 from relay.server import RelayRunner, connection_cap, raise_open_file_limit
 from relay.store import open_store
@@ -85,7 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     event.add_argument("--sample", help="a shipped sample event of the source's sender, by name")
     send.add_argument("--url", help="where to post (default: the source's path on `listen`)")
     send.set_defaults(command=send_event)
+    schema = commands.add_parser(
+        "schema",
+        help="Print the config file's JSON Schema (for editors).",
+        description="Print"
+        " the config file's JSON Schema; relay.schema.json in the repository is this output.",
+    )
+    schema.set_defaults(command=print_schema)
     return parser
+
+
+def print_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_schema_text())
+    return 0
 
 
 def _load(path: Path) -> Config | None:

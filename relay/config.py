@@ -11,8 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Annotated
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from relay.addresses import parse_listen
 from relay.fields import NUL_IN_PATH, Duration, Model, Networks, error
@@ -22,14 +30,22 @@ from relay.targets import TargetConfig
 from relay.templatefields import JinjaExpression
 
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
+SenderName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(SENDERS)})]
 
 
 class SourceConfig(Model):
     path: str
+    """The URL path senders POST to, e.g. /hooks/flagright."""
     verify: VerifyConfig | None = None
-    sender: str | None = None  # read as this sender does (default: as `verify` says)
+    """How requests are authenticated (leave out to accept unsigned requests)."""
+    sender: Annotated[str, WithJsonSchema({"type": "string", "enum": list(SENDERS)})] | None = (
+        None  # read as this sender does (default: as `verify` says)
+    )
+    """Read events as this sender does (default: as verify.scheme says)."""
     allow_ips: Networks | None = None
+    """Only these addresses, CIDRs or presets (flagright-production, flagright-sandbox) may post."""
     trusted_proxies: Networks = Field(default_factory=list)
+    """Proxies (CIDRs) whose X-Forwarded-For is believed, right to left."""
 
     @property
     def reads_as(self) -> str:
@@ -70,9 +86,13 @@ class SourceConfig(Model):
 
 class RouteConfig(Model):
     sources: list[str] | None = None
+    """Match events from these sources (default: every source)."""
     types: list[str] | None = None
+    """Match event types by glob, e.g. CASE_* or flag:* (default: every type)."""
     when: JinjaExpression | None = None
+    """Match only when this Jinja expression is true (an expression that fails does not match)."""
     targets: list[str]
+    """Deliver matching events to these targets."""
 
     @field_validator("sources", "types")
     @classmethod
@@ -94,27 +114,46 @@ class LimitsConfig(Model):
     """What one client may take from relay; README's Limits section says what exceeding gives."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1)  # counted after Content-Encoding
+    """Largest body accepted (413 beyond), counted after gzip/deflate decoding."""
     read_timeout: Duration = timedelta(seconds=15)  # a request's head and body, from its first byte
+    """A request's head and body must arrive within this, from its first byte (408 or the
+    connection closed)."""
     idle_timeout: Duration = timedelta(seconds=75)  # a keep-alive connection with no request
+    """A kept-alive connection with no request is closed after this."""
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """Open connections at most; idle ones, then slow ones, make room for new ones."""
 
 
 class RetentionConfig(Model):
     """How long an event stays in the store once its deliveries are delivered, or dead."""
 
     delivered: Duration = timedelta(days=7)
+    """Purge an event this long after its last delivery was delivered (a repeat of its id
+    afterwards is accepted as new)."""
     dead: Duration = timedelta(days=30)
+    """Purge an event this long after its last dead delivery died (it can be replayed until then).
+    Purge an event this long after its last dead delivery died (it can be replayed until then)."""
 
 
 class Config(Model):
     listen: str = "127.0.0.1:8080"
+    """HOST:PORT the ingest server listens on."""
     store: str = "sqlite:///var/relay.db"
+    """Where relay keeps events and deliveries: sqlite:///PATH (relative to this file), with
+    ?synchronous=normal|full and ?busy_timeout=5s."""
     retention: RetentionConfig = RetentionConfig()
+    """How long settled events stay in the store."""
     limits: LimitsConfig = LimitsConfig()
+    """What one client may take from relay: body size, time to send a request, connections."""
     templates_dir: str = "templates"
+    """Folder of template files (relative to this file)."""
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Where senders post events, by name."""
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
+    """Where events are delivered, by name."""
     routes: list[RouteConfig] = Field(default_factory=list)
+    """Which events go to which targets: an event goes to the union of the targets of every route
+    it matches."""
     # Values of `${VAR}` references in credential-bearing fields (headers, urls, secrets,
     # store), which the loader records so that logs and stored errors never show them.
     _credentials_from_env: tuple[str, ...] = PrivateAttr(default=())

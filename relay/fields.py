@@ -20,13 +20,16 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     SecretStr,
     Tag,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 
 from relay.allowlist import parse_networks
-from relay.durations import EXAMPLES, parse_duration
+from relay.durations import EXAMPLES, format_duration, parse_duration
+from relay.durations import PATTERN as DURATION_PATTERN
 
 NUL_IN_PATH = "a file path cannot contain a NUL character (\\0)"
 # Header names whose values are credentials: redacted wherever relay writes or shows them.
@@ -69,7 +72,12 @@ def _header_name(name: str) -> str:
     return name
 
 
-Duration = Annotated[timedelta, BeforeValidator(_to_duration)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_to_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": f"^{DURATION_PATTERN}$", "examples": ["15s"]}),
+]
 
 
 Secret = Annotated[SecretStr, AfterValidator(_secret_not_empty)]
@@ -79,7 +87,7 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _whsec(secret: SecretStr) -> SecretStr:

@@ -21,21 +21,31 @@ SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
 
 class RetryConfig(Model):
     initial: Duration = timedelta(milliseconds=500)
+    """Backoff before the second attempt (full jitter up to it)."""
     multiplier: float = Field(default=2.0, ge=1.0)
+    """Backoff growth per attempt."""
     max_interval: Duration = timedelta(minutes=10)
+    """Longest backoff between two attempts."""
     max_elapsed: Duration = timedelta(hours=24)
+    """No attempt is scheduled later than this after the first: the delivery is dead then."""
     max_attempts: int | None = Field(default=None, ge=1)
+    """Give up after this many attempts (default: no limit but max_elapsed)."""
 
 
 class HmacSignConfig(Model):
     scheme: Literal["hmac-sha256"]
+    """Hex HMAC-SHA256 of the body in one header."""
     secret: Secret
+    """The HMAC key."""
     header: HeaderName = "Relay-Signature"
+    """The header that carries the signature."""
 
 
 class StandardWebhooksSignConfig(Model):
     scheme: Literal["standard-webhooks"]
+    """webhook-id, webhook-timestamp and webhook-signature, per the Standard Webhooks spec."""
     secret: WhsecSecret
+    """A whsec_<base64> secret."""
 
 
 SignConfig = Annotated[HmacSignConfig | StandardWebhooksSignConfig, Field(discriminator="scheme")]
@@ -61,7 +71,9 @@ class BodyTargetModel(TargetModel):
     """A target whose request body is a template (`body` inline, or a `template` file)."""
 
     body: InlineTemplate | None = None
+    """The request body as an inline template (default: the bytes the sender sent)."""
     template: TemplateFile | None = None
+    """The request body as a template file in templates_dir."""
 
     @field_validator("template", mode="before")
     @classmethod

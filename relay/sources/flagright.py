@@ -26,7 +26,9 @@ SIGNATURE_HEADERS = ("x-flagright-signature", "x-webhook-signature")
 
 class FlagrightVerifyConfig(VerifyModel):
     scheme: Literal["flagright"]
+    """Flagright's x-flagright-signature (hex HMAC-SHA256; several while it rolls its secret)."""
     secret: Secrets
+    """The secret, or a list of secrets (any one verifies)."""
 
 
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:

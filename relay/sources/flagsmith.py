@@ -31,7 +31,9 @@ _IDENTITY_KEYS = frozenset({"identity", "traits", "flags"})
 
 class FlagsmithVerifyConfig(VerifyModel):
     scheme: Literal["flagsmith"]
+    """Flagsmith's X-Flagsmith-Signature (hex HMAC-SHA256)."""
     secret: Secrets
+    """The secret, or a list of secrets (any one verifies)."""
 
 
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:

@@ -29,7 +29,9 @@ SIGNATURE_HEADER = "X-Flipt-Webhook-Signature"
 
 class FliptVerifyConfig(VerifyModel):
     scheme: Literal["flipt"]
+    """Flipt's X-Flipt-Webhook-Signature (hex HMAC-SHA256)."""
     secret: Secrets
+    """The secret, or a list of secrets (any one verifies)."""
 
 
 def build_verifier(secrets: Sequence[bytes]) -> Verifier:

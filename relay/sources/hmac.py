@@ -27,10 +27,15 @@ class HmacVerifyConfig(VerifyModel):
     """Generic HMAC-SHA256 of the raw body, sent in one header."""
 
     scheme: Literal["hmac-sha256"]
+    """HMAC-SHA256 of the raw body in one header."""
     secret: Secrets
+    """The key, or a list of keys (any one verifies: rotate on relay's side)."""
     header: HeaderName
+    """The header that carries the signature."""
     encoding: Literal["hex", "base64"] = "hex"
+    """How the signature is written: hex or base64."""
     prefix: str = ""
+    """Text before the signature, e.g. sha256=."""
 
 
 def verifier_for(verify: HmacVerifyConfig, clock: Callable[[], float]) -> Verifier:

@@ -28,8 +28,11 @@ from relay.sources.base import (
 
 class StandardWebhooksVerifyConfig(VerifyModel):
     scheme: Literal["standard-webhooks"]
+    """Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature."""
     secret: WhsecSecrets
+    """A whsec_<base64> secret, or a list of them."""
     tolerance: Duration = timedelta(minutes=5)
+    """How far webhook-timestamp may be from relay's clock, either way."""
 
 
 def verifier_for(verify: StandardWebhooksVerifyConfig, clock: Callable[[], float]) -> Verifier:

@@ -16,7 +16,9 @@ from relay.textsafety import escape_controls, escape_controls_json
 
 class ConsoleTargetConfig(BodyTargetModel):
     kind: Literal["console"]
+    """One line per event on standard output."""
     retry: RetryConfig = RetryConfig()
+    """Retries with backoff, within max_elapsed."""
 
 
 @dataclass(frozen=True, slots=True)

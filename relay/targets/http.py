@@ -37,14 +37,24 @@ from relay.textsafety import header_value_problem
 
 class HttpTargetConfig(BodyTargetModel):
     kind: Literal["http"]
+    """An HTTP endpoint."""
     url: HttpUrl
+    """http(s)://HOST/PATH; the path and query may hold template expressions, each value encoded as
+    one segment or query value."""
     method: str = "POST"
+    """The HTTP method."""
     headers: dict[HeaderName, InlineTemplate] = Field(default_factory=dict)
+    """Headers to send; values are templates."""
     timeout: Duration = timedelta(seconds=10)
+    """Time allowed for one attempt."""
     concurrency: int = Field(default=4, ge=1, le=1024)
+    """Attempts in flight at once."""
     max_per_second: float | None = Field(default=None, gt=0)
+    """Send at most this many requests a second (bursts wait in the store)."""
     sign: SignConfig | None = None
+    """Sign each request: hmac-sha256 or standard-webhooks."""
     retry: RetryConfig = RetryConfig()
+    """Retries with backoff, within max_elapsed."""
 
     @field_validator("method")
     @classmethod

@@ -29,10 +29,15 @@ class SlackTargetConfig(BodyTargetModel):
     """A Slack incoming webhook; the template renders the message JSON."""
 
     kind: Literal["slack"]
+    """A Slack incoming webhook."""
     url: str
+    """The webhook url Slack gave you (it is its own credential: use ${VAR})."""
     timeout: Duration = timedelta(seconds=10)
+    """Time allowed for one attempt."""
     max_per_second: float = Field(default=1.0, gt=0)  # Slack's documented limit
+    """Messages a second at most (Slack's limit is 1)."""
     retry: RetryConfig = RetryConfig()
+    """Retries with backoff, within max_elapsed."""
 
     @field_validator("url")
     @classmethod

@@ -36,30 +36,45 @@ from relay.warehouse.rows import ColumnSpec, Row, RowMapper
 # Some deliveries' rows (one list per delivery) in one batch, and the future of their outcomes.
 class ColumnConfig(Model):
     value: JinjaExpression  # over `event`, `target` and, with `rows`, `row`
+    """A Jinja expression over event, target and, with rows, row."""
     type: Literal["text", "bigint", "double", "boolean", "timestamptz", "jsonb"] = "text"
+    """The column's type."""
 
 
 class BatchConfig(Model):
     max_rows: int = Field(default=1000, ge=1, le=100_000)
+    """Write a batch when it holds this many rows."""
     max_wait: Duration = timedelta(seconds=1)
+    """Write a batch this long after its first row at the latest."""
 
 
 class WarehouseTargetConfig(TargetModel):
     """Rows into PostgreSQL (and what speaks its protocol) or an embedded DuckDB file."""
 
     kind: Literal["warehouse"]
+    """Rows into PostgreSQL or a DuckDB file."""
     url: str
+    """postgresql://USER@HOST:PORT/DB or duckdb:///PATH (relative to this file)."""
     table: Annotated[str, AfterValidator(table_name)]
+    """TABLE or SCHEMA.TABLE."""
     columns: dict[Identifier, ColumnConfig] = Field(min_length=1)
+    """Each column's value (a Jinja expression) and type."""
     rows: JinjaExpression | None = None  # giving a list: one row per item
+    """A Jinja expression giving a list: one row per item, seen as `row`."""
     key: list[Identifier] = Field(min_length=1)
+    """The columns that identify a row: a redelivery adds no duplicate."""
     create_table: bool = False
+    """Create the table if it is missing, with the key as a unique constraint."""
     batch: BatchConfig = BatchConfig()
+    """How rows are gathered into one write."""
     # Batches written at once, each on its own connection: PostgreSQL 2 by default (one
     # being written while the server commits another), DuckDB always 1 (one writer per file).
     concurrency: int | None = Field(default=None, ge=1, le=16)
+    """Batches written at once (PostgreSQL: 2 by default; DuckDB: always 1)."""
     timeout: Duration = timedelta(seconds=30)
+    """Time allowed for one batch."""
     retry: RetryConfig = RetryConfig()
+    """Retries with backoff, within max_elapsed."""
 
     @property
     def batches_at_once(self) -> int:
