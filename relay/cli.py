@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Container, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from aiohttp import web
 
 from relay import __version__, logs, samples
 from relay.addresses import parse_listen
-from relay.app import DISPATCHER, STORE, create_app
+from relay.app import DAEMON, DISPATCHER, STORE, Daemon, create_app
 from relay.compiled import compile_config
 from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     try:
-        return _run_loop(serve(config))
+        return _run_loop(serve(config, args.config))
     except ConfigError as exc:
         _print_problems(args.config, exc.problems)
         return 1
@@ -190,12 +190,16 @@ def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, path: Path) -> int:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period.
 
-    A store that fails (its file deleted, replaced or corrupt) stops relay the same way, with
-    exit code 1, so that a supervisor restarts it.
+    SIGHUP reloads the config from `path`. A store that fails (its file deleted, replaced or
+    corrupt) stops relay the same way as SIGTERM, with exit code 1, so that a supervisor
+    restarts it.
     """
+    loop = asyncio.get_running_loop()
+    reload_asked = asyncio.Event()  # from now on: a SIGHUP while starting reloads once started
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     app = await create_app(config)
     runner = RelayRunner(
         app,
@@ -211,9 +215,9 @@ async def serve(config: Config) -> int:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     host, port = parse_listen(config.listen)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads = asyncio.create_task(_reload_when_asked(reload_asked, app[DAEMON], path))
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -222,10 +226,25 @@ async def serve(config: Config) -> int:
         log.info("shutting down: no new requests; finishing deliveries in flight")
         app[DISPATCHER].begin_shutdown()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        reloads.cancel()
+        await asyncio.gather(reloads, return_exceptions=True)
         await runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)
     log.info("stopped" + (" because the store failed" if store_failed else ""))
     return 1 if store_failed else 0
+
+
+async def _reload_when_asked(asked: asyncio.Event, daemon: Daemon, path: Path) -> None:
+    """Reload each time SIGHUP sets `asked`. Signals during a reload make one more reload
+    after it, so the file's last version is the one that runs."""
+    while True:
+        await asked.wait()
+        asked.clear()
+        try:
+            await daemon.reload(path)
+        except Exception:  # a bug: relay keeps running, and reloading on the next SIGHUP
+            log.exception("config reload from %s: unexpected error", path)
 
 
 async def _until_stopped(stop: asyncio.Event, store: Store) -> bool:
@@ -267,23 +286,31 @@ def deliveries(args: argparse.Namespace) -> int:
         await store.open(daemon=False)
         try:
             records = await store.deliveries(args.state, args.limit)
+            pending = await store.pending_by_target()
         finally:
             await store.close()
         redactor = Redactor(config_secrets(config))
         for record in records:
-            print(_delivery_line(record, redactor))
+            print(_delivery_line(record, redactor, config.targets))
+        waiting = {name: n for name, n in pending.items() if name not in config.targets}
+        if waiting:
+            print(_waiting_note(waiting, args.config), file=sys.stderr)
 
     return _store_command(show())
 
 
-def _delivery_line(record: DeliveryRecord, redact: Redactor) -> str:
-    """One tab-separated line; ids, types and errors come from outside, so each is escaped."""
+NOT_CONFIGURED = " (not in the config)"
+
+
+def _delivery_line(record: DeliveryRecord, redact: Redactor, targets: Container[str]) -> str:
+    """One tab-separated line; ids, types and errors come from outside, so each is escaped.
+    A target the config no longer has is marked: its pending deliveries wait for it."""
     due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
     status = record.last_status if record.last_status is not None else "-"
     fields = [
         str(record.id),
         record.state,
-        record.target,
+        record.target + ("" if record.target in targets else NOT_CONFIGURED),
         f"{record.source}/{record.event_id}",
         record.event_type,
         f"attempts={record.attempts}",
@@ -292,6 +319,14 @@ def _delivery_line(record: DeliveryRecord, redact: Redactor) -> str:
         record.last_error or "",
     ]
     return "\t".join(escape_controls(redact(field)) for field in fields)
+
+
+def _waiting_note(waiting: Mapping[str, int], path: Path) -> str:
+    counts = ", ".join(f"{escape_controls(name)} ({count})" for name, count in waiting.items())
+    return (
+        f"{sum(waiting.values())} pending deliveries are for targets not in {path}: {counts};"
+        " relay sends them once a target of that name is configured again"
+    )
 
 
 def replay_dead(args: argparse.Namespace) -> int:

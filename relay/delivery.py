@@ -3,6 +3,10 @@
 One worker per target keeps up to `concurrency` attempts in flight. Attempts are leased in the
 store, so a crashed process's work becomes due again; retry times live in the store too. A
 target that sends in batches (the warehouse) gets each claimed group in one call.
+
+A reload hands the dispatcher new targets (`Dispatcher.configure`): an attempt finishes with
+the target it started with, the next claims use the new one, and a target no longer
+configured leaves its pending deliveries in the store until a target of its name is again.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from relay.errors import StoreError
@@ -44,10 +56,10 @@ class TargetWorker:
         redact: Redactor = NOTHING_TO_REDACT,
     ) -> None:
         self.target = target
+        self.redact = redact  # for stored errors; a reload may bring new secrets
         self._store = store
         self._clock = clock
         self._rng = rng
-        self._redact = redact
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], Sequence[Delivery]] = {}
@@ -65,6 +77,14 @@ class TargetWorker:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self.run(), name=f"worker:{self.target.name}")
+
+    def use(self, target: Target) -> list[asyncio.Task[None]]:
+        """Claim for `target` from now on; the attempts in flight, which keep the target they
+        started with."""
+        self.target = target
+        self._batch_target = target if isinstance(target, BatchTarget) else None
+        self.wake()  # its concurrency may be higher
+        return list(self._in_flight)
 
     def wake(self) -> None:
         self._wake.set()
@@ -84,19 +104,21 @@ class TargetWorker:
                 await self._wait(STORE_ERROR_PAUSE_S)
 
     async def _claim(self) -> int:
-        free = self.target.concurrency - self._in_flight_count
+        target, batch_target = self.target, self._batch_target
+        free = target.concurrency - self._in_flight_count
         if free <= 0:
             return 0
-        if self._batch_target is not None:  # groups of one batch each, written as they fill
-            free = min(free, self._batch_target.batch_size)
-        deliveries = await self._store.claim(self.target.name, free, self.target.lease_s)
+        if batch_target is not None:  # groups of one batch each, written as they fill
+            free = min(free, batch_target.batch_size)
+        deliveries = await self._store.claim(target.name, free, target.lease_s)
         if not deliveries:
             return 0
-        if self._batch_target is not None:
-            self._start(self._attempt_batch(self._batch_target, deliveries), deliveries)
+        target, batch_target = self.target, self._batch_target  # changed meanwhile: the new one
+        if batch_target is not None:
+            self._start(self._attempt_batch(batch_target, deliveries), deliveries)
         else:
             for delivery in deliveries:
-                self._start(self._attempt(delivery), (delivery,))
+                self._start(self._attempt(target, delivery), (delivery,))
         return len(deliveries)
 
     def _start(self, attempt: Coroutine[Any, Any, None], deliveries: Sequence[Delivery]) -> None:
@@ -122,34 +144,35 @@ class TargetWorker:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _attempt(self, target: Target, delivery: Delivery) -> None:
         try:
-            outcome = await self.target.send(delivery)
+            outcome = await target.send(delivery)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception(
-                "target %s: event %s: unexpected error", self.target.name, delivery.event.id
-            )
+            log.exception("target %s: event %s: unexpected error", target.name, delivery.event.id)
             outcome = Retry(f"internal error: {exc!r}")
-        await self._record((delivery,), (outcome,))
+        await self._record(target, (delivery,), (outcome,))
 
     async def _attempt_batch(self, target: BatchTarget, deliveries: Sequence[Delivery]) -> None:
         try:
             outcomes: Sequence[Outcome] = await target.send_batch(deliveries)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception(
-                "target %s: %d events: unexpected error", self.target.name, len(deliveries)
-            )
+            log.exception("target %s: %d events: unexpected error", target.name, len(deliveries))
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
-        await self._record(deliveries, outcomes)
+        await self._record(target, deliveries, outcomes)
 
-    async def _record(self, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]) -> None:
-        """Count and record the outcomes of one attempt or one group, in one store write.
+    async def _record(
+        self, target: Target, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Count and record the outcomes of one attempt or one group, in one store write;
+        `target` made the attempt, and its retry policy decides what comes next.
 
         If that fails, the leases are dropped so the deliveries are due again at once rather
         than when their leases expire (a delivered one may then be sent twice: at least once).
         """
         try:
-            results = [self._result(d, o) for d, o in zip(deliveries, outcomes, strict=True)]
+            results = [
+                self._result(target, d, o) for d, o in zip(deliveries, outcomes, strict=True)
+            ]
             await self._store.record(results)
         except Exception as exc:
             ids = [delivery.id for delivery in deliveries]
@@ -166,15 +189,15 @@ class TargetWorker:
         for state, count in collections.Counter(r.state for r in results).items():
             self._counters[state].inc(count)
 
-    def _result(self, delivery: Delivery, outcome: Outcome) -> AttemptResult:
+    def _result(self, target: Target, delivery: Delivery, outcome: Outcome) -> AttemptResult:
         """What to record for this outcome: delivered, dead, or pending until the next try."""
-        name, event_id = self.target.name, delivery.event.id
+        name, event_id = target.name, delivery.event.id
         if isinstance(outcome, Delivered):
             return AttemptResult(delivery.id, "delivered", status=outcome.status)
         if isinstance(outcome, Failed):
             reason, status = outcome.reason, outcome.status
         else:
-            decision = self.target.policy.decide(
+            decision = target.policy.decide(
                 outcome, delivery.attempt, delivery.first_attempt_at, self._clock(), self._rng
             )
             if not isinstance(decision, GiveUp):
@@ -199,7 +222,7 @@ class TargetWorker:
 
     def _clean(self, reason: str) -> str:
         """An error as stored: secrets cut out, on one line, of bounded length."""
-        text = escape_controls(self._redact(reason))
+        text = escape_controls(self.redact(reason))
         if len(text) > MAX_ERROR_CHARS:
             text = text[: MAX_ERROR_CHARS - 1] + "…"
         return text
@@ -214,20 +237,28 @@ class TargetWorker:
         self.stop_claiming()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        pending = list(self._in_flight)
-        if pending:
-            _, still_running = await asyncio.wait(pending, timeout=grace_s)
-            if still_running:
-                unfinished = [d.id for t in still_running for d in self._in_flight.get(t, ())]
-                for task in still_running:
-                    task.cancel()
-                await asyncio.gather(*still_running, return_exceptions=True)
-                with contextlib.suppress(StoreError):
-                    await self._store.release(unfinished)
+        await self.finish(list(self._in_flight), grace_s)
+
+    async def finish(self, attempts: Collection[asyncio.Task[None]], grace_s: float) -> None:
+        """Give these attempts `grace_s` to finish; cancel the rest and release their leases.
+
+        Called at once for the same attempts (a shutdown during a reload), the shortest grace
+        applies."""
+        if not attempts:
+            return
+        _, still_running = await asyncio.wait(attempts, timeout=grace_s)
+        if still_running:
+            unfinished = [d.id for t in still_running for d in self._in_flight.get(t, ())]
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+            with contextlib.suppress(StoreError):
+                await self._store.release(unfinished)
 
 
 class Dispatcher:
-    """All target workers of one process."""
+    """The target workers of one process: one per target of the running config, and those of
+    targets a reload removed until their attempts in flight have ended."""
 
     def __init__(
         self,
@@ -239,16 +270,88 @@ class Dispatcher:
         redact: Redactor = NOTHING_TO_REDACT,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     ) -> None:
-        self._workers = {
-            name: TargetWorker(target, store, metrics, clock, rng, redact)
-            for name, target in targets.items()
-        }
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self._redact = redact
+        self._workers = {name: self._worker(target) for name, target in targets.items()}
+        self._leaving: set[TargetWorker] = set()  # of removed targets, finishing their attempts
+        self._retiring: set[asyncio.Task[None]] = set()  # each closes a target no longer used
+        self._started = False
         self._grace_s = shutdown_grace_s
         self._deadline: float | None = None
 
+    def _worker(self, target: Target) -> TargetWorker:
+        return TargetWorker(
+            target, self._store, self._metrics, self._clock, self._rng, self._redact
+        )
+
+    @property
+    def targets(self) -> Mapping[str, Target]:
+        """The target each worker claims for now, by name."""
+        return {name: worker.target for name, worker in self._workers.items()}
+
+    @property
+    def stopping(self) -> bool:
+        return self._deadline is not None
+
     def start(self) -> None:
+        self._started = True
         for worker in self._workers.values():
             worker.start()
+
+    def configure(self, targets: Mapping[str, Target], redact: Redactor) -> None:
+        """Deliver to `targets` from now on (a reload), storing errors redacted by `redact`.
+
+        A new name gets a worker. A name no longer given stops claiming: its attempts in flight
+        finish (within their lease), its target is closed, and its pending deliveries stay in
+        the store until a target of that name is given again. A new target for a name is used
+        for the next claims; attempts in flight finish with the one they started with, which
+        is closed after them. The same target object as before changes nothing.
+        """
+        if self.stopping:
+            raise RuntimeError("the dispatcher is stopping: it cannot take new targets")
+        self._redact = redact
+        for name in [name for name in self._workers if name not in targets]:
+            self._remove(self._workers.pop(name))
+        for name, target in targets.items():
+            worker = self._workers.get(name)
+            if worker is None:
+                self._add(name, target)
+            elif worker.target is not target:
+                previous = worker.target
+                attempts = worker.use(target)
+                self._retire(previous, worker.finish(attempts, previous.lease_s))
+            self._workers[name].redact = redact
+
+    def _add(self, name: str, target: Target) -> None:
+        worker = self._workers[name] = self._worker(target)
+        if self._started:
+            worker.start()
+
+    def _remove(self, worker: TargetWorker) -> None:
+        self._leaving.add(worker)
+        self._retire(worker.target, self._leave(worker))
+
+    async def _leave(self, worker: TargetWorker) -> None:
+        try:
+            await worker.stop(worker.target.lease_s)
+        finally:
+            self._leaving.discard(worker)
+
+    def _retire(self, target: Target, attempts_ended: Awaitable[None]) -> None:
+        """Close `target` once `attempts_ended` (its last attempts) is done."""
+        task = asyncio.create_task(self._close_after(target, attempts_ended))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_after(self, target: Target, attempts_ended: Awaitable[None]) -> None:
+        try:
+            await attempts_ended
+            await target.close()
+        except Exception:  # the new config runs regardless
+            log.exception("target %s: error while closing its previous definition", target.name)
 
     def notify(self, target_names: Iterable[str]) -> None:
         for name in target_names:
@@ -266,7 +369,10 @@ class Dispatcher:
         return self._deadline
 
     async def stop(self) -> None:
-        """Stop; attempts in flight finish within the grace period (from `begin_shutdown`)."""
+        """Stop; attempts in flight finish within the grace period (from `begin_shutdown`),
+        those to targets a reload removed or replaced too; then those targets are closed."""
         deadline = self.begin_shutdown()
         grace_s = max(0.0, deadline - asyncio.get_running_loop().time())
-        await asyncio.gather(*(w.stop(grace_s) for w in self._workers.values()))
+        workers = [*self._workers.values(), *self._leaving]
+        await asyncio.gather(*(worker.stop(grace_s) for worker in workers))
+        await asyncio.gather(*self._retiring)

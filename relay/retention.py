@@ -43,6 +43,10 @@ class Purger:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="retention")
 
+    def configure(self, retention: RetentionPolicy) -> None:
+        """Purge by `retention` from the next pass on (a reload)."""
+        self._retention = retention
+
     async def _run(self) -> None:
         while True:
             try:

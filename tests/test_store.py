@@ -118,6 +118,15 @@ async def test_replay_revives_only_dead_deliveries(store: SqliteStore) -> None:
     assert revived.attempt == 1
 
 
+async def test_pending_deliveries_are_counted_by_target(store: SqliteStore) -> None:
+    await store.ingest(event("e1"), ["a", "b"])
+    await store.ingest(event("e2"), ["a", "c"])
+    (delivered,) = await store.claim("c", 1, 30)
+    await store.record([AttemptResult(delivered.id, "delivered", status=200)])
+    await store.claim("b", 1, 30)  # leased, and still pending
+    assert await store.pending_by_target() == {"a": 2, "b": 1}
+
+
 async def test_ingest_answers_503_and_stores_nothing_when_the_store_cannot_commit(
     write_config: ConfigWriter, start_relay: StartRelay, tmp_path: Path
 ) -> None:

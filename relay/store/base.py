@@ -124,6 +124,10 @@ class Store(Protocol):
         """Number of events and of deliveries in each state."""
         ...
 
+    async def pending_by_target(self) -> dict[str, int]:
+        """Number of pending deliveries of each target that has any."""
+        ...
+
     async def purge(self, retention: RetentionPolicy) -> int:
         """Delete the events `retention` lets go as of now, with their deliveries, a few
         hundred per transaction so that ingest is never held up long; return how many."""
