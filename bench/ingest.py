@@ -131,6 +131,7 @@ def write_relay_config(
     verify = {"scheme": "hmac-sha256", "secret": SECRET, "header": SIGNATURE_HEADER}
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},  # not 9090: another may have it
         "store": "sqlite:///relay.db",
         "templates_dir": "templates",
         "sources": {"flagright": {"path": SOURCE_PATH, "verify": verify}},

@@ -342,6 +342,7 @@ async def run_e2e(settings: Settings, table: str, bodies: list[bytes], scratch: 
         spec.pop(name)
     document = {
         "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{procs.free_port()}"},  # not 9090: another may have it
         "store": "sqlite:///relay.db",
         "sources": {"in": {"path": "/hooks/in"}},
         "targets": {"wh": spec},

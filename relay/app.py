@@ -1,5 +1,8 @@
 """The composition root: config → compiled config → resources → workers → server.
 
+`create_app` builds the ingest app, which owns the daemon's resources; the admin listener's
+app (`relay.admin`) is a view of the same daemon.
+
 Compiling is pure (`relay.compiled`); every resource is then opened in a cleanup context of
 its own, in order, and closed in reverse: the HTTP client session, the store, the targets
 bound to them, the delivery workers, the retention purger.
@@ -41,7 +44,7 @@ log = logging.getLogger("relay")
 
 STORE = web.AppKey("store", Store)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-HEALTH_PATHS = {"/healthz": "GET", "/metrics": "GET"}
+HEALTH_PATHS = {"/healthz": "GET"}  # for load balancers; the rest is on the admin listener
 
 
 class Daemon:
@@ -74,12 +77,29 @@ class Daemon:
         # previous config may still echo one of its secrets.
         self._secrets = dict.fromkeys(config_secrets(self.config))
         self._reloading = asyncio.Lock()  # one reload at a time; the next waits its turn
+        self.draining = False  # stopping: from the stop signal on, relay is not ready
         self.metrics.last_reload_success.set(clock())
         limits = self.config.limits
         self.ingest = Ingest(
             self.store, self._notify, self.metrics, clock, limits.max_body_bytes, HEALTH_PATHS
         )
         self.ingest.configure(compiled.sources, compiled.router)
+
+    @property
+    def started(self) -> bool:
+        """Whether every resource is open and the workers run."""
+        return self.dispatcher is not None
+
+    def begin_shutdown(self) -> None:
+        """Not ready from now on, and claim nothing more (`relay run` on SIGTERM or when the
+        store fails); the cleanup contexts then finish what is in flight."""
+        self.draining = True
+        if self.dispatcher is not None:
+            self.dispatcher.begin_shutdown()
+
+    def redactor(self) -> Redactor:
+        """Cuts out the secrets of every config run since start."""
+        return Redactor(self._secrets)
 
     def _notify(self, target_names: Iterable[str]) -> None:
         if self.dispatcher is not None:
@@ -244,7 +264,6 @@ async def create_app(
     app[STORE] = daemon.store
     app[DAEMON] = daemon
     app.router.add_get("/healthz", daemon.healthz)
-    app.router.add_get("/metrics", daemon.metrics_page)
     app.router.add_route("*", "/{tail:.*}", daemon.ingest.dispatch)
     app.cleanup_ctx.extend(daemon.contexts())
     return app

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from relay import __version__, logs, samples
 from relay.addresses import parse_listen
-from relay.app import DAEMON, DISPATCHER, STORE, Daemon, create_app
+from relay.admin import create_admin_app
+from relay.app import DAEMON, STORE, Daemon, create_app
 from relay.compiled import compile_config
 from relay.config import Config
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
@@ -30,7 +31,7 @@ from relay.preview import build_event, check_samples, format_request, preview
 from relay.redaction import Redactor, config_secrets, redact_request
 from relay.schema import config_schema_text
 from relay.send import post, sign_request
-from relay.server import RelayRunner, connection_cap, raise_open_file_limit
+from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
 from relay.store import open_store
 from relay.store.base import DeliveryRecord, Store
 from relay.textsafety import escape_controls
@@ -39,6 +40,8 @@ log = logging.getLogger("relay")
 
 GC_GEN0_THRESHOLD = 10_000  # Python's default is 700
 INBOUND_DRAIN_S = 5.0  # requests being received when SIGTERM arrives get this long to finish
+ADMIN_DRAIN_S = 1.0  # admin requests are quick; the admin listener closes after everything else
+ADMIN_MAX_CONNECTIONS = 64  # probes, scrapers and operators: a cap of its own, apart from ingest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,46 +196,74 @@ def _run_loop(coro: Coroutine[Any, Any, int]) -> int:
 async def serve(config: Config, path: Path) -> int:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain within the grace period.
 
-    SIGHUP reloads the config from `path`. A store that fails (its file deleted, replaced or
-    corrupt) stops relay the same way as SIGTERM, with exit code 1, so that a supervisor
-    restarts it.
+    Two listeners: ingest on `listen`, the admin listener on `admin.listen` (closed last, so
+    that /readyz says "not ready" while relay drains). SIGHUP reloads the config from `path`.
+    A store that fails (its file deleted, replaced or corrupt) stops relay the same way as
+    SIGTERM, with exit code 1, so that a supervisor restarts it.
     """
     loop = asyncio.get_running_loop()
     reload_asked = asyncio.Event()  # from now on: a SIGHUP while starting reloads once started
     loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     app = await create_app(config)
+    daemon = app[DAEMON]
     runner = RelayRunner(
         app,
         config.limits,
         max_connections=_connection_cap(config.limits.max_connections),
         shutdown_timeout_s=INBOUND_DRAIN_S,
     )
+    admin_runner = RelayRunner(
+        create_admin_app(daemon),
+        config.limits,
+        max_connections=ADMIN_MAX_CONNECTIONS,
+        shutdown_timeout_s=ADMIN_DRAIN_S,
+    )
     await runner.setup()
+    await admin_runner.setup()
     # Everything built so far lives as long as the process: keep it out of the collector's
     # scans, and collect the young generation less often (ingest allocates many small objects).
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    host, port = parse_listen(config.listen)
     stop = asyncio.Event()
+
+    def stop_serving() -> None:
+        daemon.begin_shutdown()  # not ready from the moment the signal arrives
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    reloads = asyncio.create_task(_reload_when_asked(reload_asked, app[DAEMON], path))
+        loop.add_signal_handler(signum, stop_serving)
+    reloads = asyncio.create_task(_reload_when_asked(reload_asked, daemon, path))
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        log.info("relay %s listening on %s, store %s", __version__, config.listen, config.store)
+        await _listen(admin_runner, config.admin.listen, "admin.listen")
+        await _listen(runner, config.listen, "listen")
+        log.info(
+            "relay %s listening on %s (admin on %s), store %s",
+            __version__,
+            config.listen,
+            config.admin.listen,
+            config.store,
+        )
         store_failed = await _until_stopped(stop, app[STORE])
         log.info("shutting down: no new requests; finishing deliveries in flight")
-        app[DISPATCHER].begin_shutdown()
+        daemon.begin_shutdown()
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         reloads.cancel()
         await asyncio.gather(reloads, return_exceptions=True)
         await runner.cleanup()
+        await admin_runner.cleanup()
         gc.unfreeze()  # let interpreter shutdown free them (extensions check for leaks then)
     log.info("stopped" + (" because the store failed" if store_failed else ""))
     return 1 if store_failed else 0
+
+
+async def _listen(runner: web.AppRunner, listen: str, setting: str) -> None:
+    host, port = parse_listen(listen)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise OSError(f"{setting}: cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 async def _reload_when_asked(asked: asyncio.Event, daemon: Daemon, path: Path) -> None:
@@ -265,7 +296,7 @@ def _connection_cap(max_connections: int) -> int:
         log.info("open-file limit raised from %d to %d", before, open_files)
     else:
         log.info("open-file limit %d", open_files)
-    cap = connection_cap(max_connections, open_files)
+    cap = connection_cap(max_connections, open_files, RESERVED_FILES + ADMIN_MAX_CONNECTIONS)
     if cap < max_connections:
         log.warning(
             "limits.max_connections %d does not fit the open-file limit %d: serving at most %d",

@@ -8,14 +8,17 @@ lives in its own module, and the unions tagged by `scheme` and `kind` are built 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -135,9 +138,74 @@ class RetentionConfig(Model):
     Purge an event this long after its last dead delivery died (it can be replayed until then)."""
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+# RFC 6750's b64token: what a client can send after "Bearer " as it is.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _admin_token(token: SecretStr) -> SecretStr:
+    """Never echoes the value: it is a credential."""
+    text = token.get_secret_value()
+    if len(text) < MIN_ADMIN_TOKEN_CHARS:
+        raise error(
+            "token",
+            f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            f" (e.g. the output of `openssl rand -hex 32`), got {len(text)}",
+        )
+    if not _BEARER_TOKEN.fullmatch(text):
+        raise error(
+            "token",
+            'must be letters, digits and - . _ ~ + / (then = at the end), as "Bearer" takes it',
+        )
+    return token
+
+
+AdminToken = Annotated[SecretStr, AfterValidator(_admin_token)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (an IP address, or localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any address
+
+
+class AdminConfig(Model):
+    """The admin listener: health, readiness, metrics and the JSON API, apart from ingest."""
+
+    listen: str = "127.0.0.1:9090"
+    """HOST:PORT the admin listener (/healthz, /readyz, /metrics, /api/) listens on."""
+    token: AdminToken | None = Field(default=None, validate_default=True)
+    """The admin API (/api/...) needs Authorization: Bearer TOKEN; e.g. ${RELAY_ADMIN_TOKEN}, at
+    least 16 characters. Required unless listen is a loopback address."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        parse_listen(listen)
+        return listen
+
+    @field_validator("token", mode="after")
+    @classmethod
+    def _token_off_loopback(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        listen = info.data.get("listen")  # absent when listen itself is invalid
+        if token is None and isinstance(listen, str) and not is_loopback(parse_listen(listen)[0]):
+            raise error(
+                "token",
+                f'admin.listen "{listen}" is reachable from other machines: set a token'
+                " (token: ${RELAY_ADMIN_TOKEN}) or listen on a loopback address (127.0.0.1)",
+            )
+        return token
+
+
 class Config(Model):
     listen: str = "127.0.0.1:8080"
     """HOST:PORT the ingest server listens on."""
+    admin: AdminConfig = AdminConfig()
+    """The admin listener (health, readiness, metrics, the JSON API), on a port of its own."""
     store: str = "sqlite:///var/relay.db"
     """Where relay keeps events and deliveries: sqlite:///PATH (relative to this file), with
     ?synchronous=normal|full and ?busy_timeout=5s."""

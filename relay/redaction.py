@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from relay import config
@@ -55,10 +56,12 @@ def config_secrets(cfg: config.Config) -> list[str]:
     """Every credential the config holds.
 
     Verify and signing secrets; header values whose name says credential (Authorization,
-    X-Api-Key, ...); a Slack webhook url, which is its own token; a database password;
-    and every `${VAR}` value in a target's headers or url, a secret or the store.
+    X-Api-Key, ...); a Slack webhook url, which is its own token; a database password; the
+    admin token; and every `${VAR}` value in a target's headers or url, a secret or the store.
     """
     found: list[str] = list(cfg.credentials_from_env)
+    if cfg.admin.token is not None:
+        found.append(cfg.admin.token.get_secret_value())
     for source in cfg.sources.values():
         if source.verify is not None:
             found += secret_values(source.verify.secret)
@@ -80,3 +83,30 @@ def redact_request(
         origin, _ = split_url(url)
         url = f"{origin}/{REDACTED}"
     return OutboundRequest(request.method, url, headers, request.body)
+
+
+def redacted_config(cfg: config.Config, redactor: Redactor) -> dict[str, Any]:
+    """The config as JSON, to show: secrets as `**********` (pydantic's `SecretStr`), the value
+    of every credential header as [redacted], and every other credential (a Slack url, a
+    database password, a `${VAR}` value in a target's url or headers) cut out wherever it is."""
+    shown: dict[str, Any] = cfg.model_dump(mode="json")
+    for target in shown["targets"].values():
+        headers = target.get("headers")
+        if isinstance(headers, dict):
+            target["headers"] = {
+                name: REDACTED if SENSITIVE_HEADER.search(name) else value
+                for name, value in headers.items()
+            }
+    redacted: dict[str, Any] = redact_json(shown, redactor)
+    return redacted
+
+
+def redact_json(value: Any, redactor: Redactor) -> Any:
+    """`value` with every string in it redacted; mapping keys (names) are kept as they are."""
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, dict):
+        return {key: redact_json(item, redactor) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_json(item, redactor) for item in value]
+    return value

@@ -1,9 +1,10 @@
 """What a reload changes: the running config and the new one, compared as values.
 
 Pure, so that the daemon (`relay.app.Daemon.reload`) only applies what this says. `listen`,
-`store` and `limits` are bound into the listening socket, the store and the HTTP server when
-relay starts, so a change to any of them is refused and the running config stays. Everything
-else can change while relay runs: sources, routes, targets, templates and retention.
+`admin.listen`, `store` and `limits` are bound into the listening sockets, the store and the
+HTTP servers when relay starts, so a change to any of them is refused and the running config
+stays. Everything else can change while relay runs: sources, routes, targets, templates,
+retention and the admin token (the admin API checks each request against the running one).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ConfigChange:
     targets: Names
     routes_changed: bool
     retention_changed: bool
+    admin_token_changed: bool = False
 
     def summary(self) -> str:
         parts = [self.sources.summary("sources"), self.targets.summary("targets")]
@@ -57,6 +59,8 @@ class ConfigChange:
             parts.append("routes changed")
         if self.retention_changed:
             parts.append("retention changed")
+        if self.admin_token_changed:
+            parts.append("admin.token changed")
         return ". ".join(part for part in parts if part) or "nothing changed"
 
 
@@ -82,6 +86,7 @@ def compare(running: Config, new: Config) -> ConfigChange:
         targets=_compare_names(running.targets, new.targets),
         routes_changed=running.routes != new.routes,
         retention_changed=running.retention != new.retention,
+        admin_token_changed=running.admin.token != new.admin.token,
     )
 
 
@@ -101,6 +106,11 @@ def _restart_needed(running: Config, new: Config) -> list[str]:
         problems.append(
             f'listen: changed from "{running.listen}" to "{new.listen}": relay cannot move to'
             f" another address while it runs; {RESTART}"
+        )
+    if running.admin.listen != new.admin.listen:
+        problems.append(
+            f'admin.listen: changed from "{running.admin.listen}" to "{new.admin.listen}": relay'
+            f" cannot move its admin listener while it runs; {RESTART}"
         )
     if running.store != new.store:  # not quoted: a store url may hold a password
         problems.append(f"store: changed: relay cannot switch stores while it runs; {RESTART}")

@@ -293,8 +293,9 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def connection_cap(max_connections: int, open_files: int) -> int:
-    """max_connections, lowered to fit the open-file limit with room for everything else."""
+def connection_cap(max_connections: int, open_files: int, reserved: int = RESERVED_FILES) -> int:
+    """max_connections, lowered to fit the open-file limit with `reserved` descriptors left
+    for everything else."""
     if open_files == resource.RLIM_INFINITY:
         return max_connections
-    return max(1, min(max_connections, open_files - RESERVED_FILES))
+    return max(1, min(max_connections, open_files - reserved))

@@ -19,7 +19,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
-from relay.app import STORE, create_app
+from relay.admin import create_admin_app
+from relay.app import DAEMON, STORE, Daemon, create_app
 from relay.config import Config, LimitsConfig
 from relay.connections import Connections
 from relay.loading import load_config
@@ -77,11 +78,20 @@ def write_config(tmp_path: Path) -> ConfigWriter:
 
 @dataclass
 class Relay:
-    """relay running in-process on a real loopback socket."""
+    """relay running in-process: ingest (`client`) and the admin listener (`admin`), each on a
+    real loopback socket of its own."""
 
     client: TestClient[Any, Any]
     config: Config
     out: io.StringIO
+    admin: TestClient[Any, Any]
+
+    @property
+    def daemon(self) -> Daemon:
+        app = self.client.app
+        assert app is not None
+        daemon: Daemon = app[DAEMON]
+        return daemon
 
     @property
     def store(self) -> Store:
@@ -163,9 +173,13 @@ async def start_relay() -> AsyncIterator[StartRelay]:
         out = io.StringIO()
         app = await create_app(config, out=out, **options)
         client: TestClient[Any, Any] = TestClient(RelayTestServer(app, config.limits))
-        await client.start_server()
+        await client.start_server()  # opens the daemon's resources
         clients.append(client)
-        return Relay(client, config, out)
+        admin_app = create_admin_app(app[DAEMON])
+        admin: TestClient[Any, Any] = TestClient(RelayTestServer(admin_app, config.limits))
+        await admin.start_server()
+        clients.append(admin)
+        return Relay(client, config, out, admin)
 
     yield start
     for client in reversed(clients):

@@ -39,13 +39,25 @@ def free_port() -> int:
         return port
 
 
+def listeners(port: int, admin_port: int) -> str:
+    """The config's `listen` and `admin` lines, each on a port of its own: a relay child on the
+    admin default (9090) would meet any other one running at the same time."""
+    return f'listen: "127.0.0.1:{port}"\nadmin: {{listen: "127.0.0.1:{admin_port}"}}\n'
+
+
 def relay_config(
-    port: int, target_url: str, *, concurrency: int = 4, store: str = "relay.db"
+    port: int,
+    target_url: str,
+    *,
+    concurrency: int = 4,
+    store: str = "relay.db",
+    admin_port: int | None = None,
 ) -> str:
-    """One open source at /hooks/in routed to one http target, with short retries."""
-    return textwrap.dedent(
+    """One open source at /hooks/in routed to one http target, with short retries; the admin
+    listener on `admin_port` (default: a free port)."""
+    admin_port = free_port() if admin_port is None else admin_port
+    return listeners(port, admin_port) + textwrap.dedent(
         f"""\
-        listen: "127.0.0.1:{port}"
         store: "sqlite:///{store}"
         sources:
           in:
@@ -66,9 +78,10 @@ def relay_config(
 class RelayProcess:
     """One relay daemon config; `start()` may be called again after the previous run ended."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, admin_port: int | None = None) -> None:
         self.config = config
         self.port = port
+        self.admin_port = admin_port  # where the config's admin.listen is, if the test asks
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -76,6 +89,11 @@ class RelayProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, "this RelayProcess was not told its admin port"
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def pid(self) -> int:

@@ -54,7 +54,7 @@ BROKEN_PROBLEMS = [
     'targets.audit.template: "missing.j2" not found in templates/',
     'targets.audit.retry.max_elapsed: invalid duration "15x" (use e.g. 500ms, 15s, 5m, 24h, 3d)',
     "routes[0].when: invalid expression: unexpected 'end of template'",
-    "colour: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
+    "colour: unknown key; valid keys here: listen, admin, store, retention, limits, templates_dir, "
     "sources, targets, routes",
     'routes[0].targets[1]: no target named "billing"; targets are: audit',
 ]

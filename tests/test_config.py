@@ -97,6 +97,28 @@ def test_empty_file_is_a_config_of_defaults(write_config: ConfigWriter, tmp_path
     assert config.store == f"sqlite:///{tmp_path / 'var' / 'relay.db'}"
 
 
+@pytest.mark.parametrize(
+    "admin",
+    [
+        "{}",
+        '{listen: "127.0.0.1:9191"}',
+        '{listen: "127.8.9.10:9191"}',
+        '{listen: "[::1]:9191"}',
+        '{listen: "localhost:9191"}',
+        '{listen: "0.0.0.0:9191", token: "${RELAY_ADMIN_TOKEN}"}',
+    ],
+)
+def test_the_admin_listener_needs_a_token_only_off_loopback(
+    write_config: ConfigWriter, admin: str
+) -> None:
+    token = "0123456789abcdef0123456789abcdef"
+    config = load_config(write_config(f"admin: {admin}\n"), {"RELAY_ADMIN_TOKEN": token})
+    assert config.admin.listen == (admin.split('"')[1] if '"' in admin else "127.0.0.1:9090")
+    expected = token if "token" in admin else None
+    shown = config.admin.token.get_secret_value() if config.admin.token is not None else None
+    assert shown == expected
+
+
 # -- every kind of error, with its exact text ---------------------------------------------
 
 CASES: list[tuple[str, str, list[str]]] = [
@@ -132,6 +154,35 @@ CASES: list[tuple[str, str, list[str]]] = [
         "listen with a port out of range",
         'listen: "127.0.0.1:70000"\n',
         ['listen: listen must be "HOST:PORT", got "127.0.0.1:70000"'],
+    ),
+    (
+        "admin listener open to the network without a token",
+        'admin: {listen: "0.0.0.0:9090"}\n',
+        [
+            'admin.token: admin.listen "0.0.0.0:9090" is reachable from other machines: set a'
+            " token (token: ${RELAY_ADMIN_TOKEN}) or listen on a loopback address (127.0.0.1)"
+        ],
+    ),
+    (
+        "admin token too short to resist guessing (its value is not quoted)",
+        'admin: {listen: "10.1.2.3:9090", token: "shortsecret"}\n',
+        [
+            "admin.token: must be at least 16 characters (e.g. the output of"
+            " `openssl rand -hex 32`), got 11"
+        ],
+    ),
+    (
+        "admin token that Bearer cannot carry",
+        'admin: {token: "long enough but with spaces"}\n',
+        [
+            "admin.token: must be letters, digits and - . _ ~ + / (then = at the end),"
+            ' as "Bearer" takes it'
+        ],
+    ),
+    (
+        "admin listen without a port",
+        'admin: {listen: "127.0.0.1"}\n',
+        ['admin.listen: listen must be "HOST:PORT", got "127.0.0.1"'],
     ),
     (
         "store that is not a URL",
@@ -451,8 +502,8 @@ def test_several_errors_in_every_part_are_reported_together(write_config: Config
         "(use e.g. 500ms, 15s, 5m, 24h, 3d)",
         "targets.screen.body: line 1: unexpected '}'",
         "routes[0].when: invalid expression: unexpected 'end of template'",
-        "colour: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
-        "sources, targets, routes",
+        "colour: unknown key; valid keys here: listen, admin, store, retention, limits,"
+        " templates_dir, sources, targets, routes",
         'routes[0].targets[1]: no target named "billing"; targets are: audit, screen',
     ]
 
@@ -513,8 +564,8 @@ def test_template_errors_are_validation_errors_alone_and_beside_other_errors(
     broken = yaml_text + "bogus: 1\n"
     assert problems_of(write_config, broken, templates=templates) == [
         expected,
-        "bogus: unknown key; valid keys here: listen, store, retention, limits, templates_dir, "
-        "sources, targets, routes",
+        "bogus: unknown key; valid keys here: listen, admin, store, retention, limits,"
+        " templates_dir, sources, targets, routes",
     ]
 
 

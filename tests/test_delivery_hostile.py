@@ -20,7 +20,7 @@ from relay.events import Delivery
 from relay.store.base import AttemptResult
 from relay.store.sqlite import SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
-from tests.process import RelayProcess, free_port
+from tests.process import RelayProcess, free_port, listeners
 from tests.receiver import Receiver, Reply, wait_until
 
 TOKEN = "tok-6f1e2d3c4b5a"
@@ -220,7 +220,7 @@ async def test_the_daemon_log_holds_no_credential_and_one_line_per_message(
     monkeypatch.setenv("ECHO_TOKEN", TOKEN)
     port = free_port()
     config = tmp_path / "relay.yaml"
-    listen = f'listen: "127.0.0.1:{port}"\n'
+    listen = listeners(port, free_port())
     config.write_text(listen + ECHO_CONFIG.format(url=echo.url, signing=SIGNING_SECRET))
     relay = RelayProcess(config, port, tmp_path / "relay.log")
     relay.start()

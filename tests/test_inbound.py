@@ -139,7 +139,7 @@ async def test_health_and_metrics_endpoints(relay: Relay) -> None:
     await relay.post("/hooks/shop", {"id": "m1"}, secret=SECRET)
     await relay.post("/hooks/shop", {"id": "m1"}, secret=SECRET)
     await relay.post("/hooks/shop", {"id": "m2"})
-    text = await (await relay.client.get("/metrics")).text()
+    text = await (await relay.admin.get("/metrics")).text()
     assert 'relay_inbound_requests_total{result="accepted",source="shop"} 1.0' in text
     assert 'relay_inbound_requests_total{result="duplicate",source="shop"} 1.0' in text
     assert 'relay_inbound_requests_total{result="401",source="shop"} 1.0' in text

@@ -13,14 +13,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.process import RelayProcess, free_port
+from tests.process import RelayProcess, free_port, listeners
 
 pytestmark = pytest.mark.slow
 
 CONFIG = """\
-listen: "127.0.0.1:{port}"
 store: "sqlite:///relay.db"
-limits: {{max_body_bytes: 1048576}}
+limits: {max_body_bytes: 1048576}
 sources:
   open:
     path: /hooks/open
@@ -36,7 +35,8 @@ routes:
 async def relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
     port = free_port()
     config = tmp_path / "relay.yaml"
-    config.write_text(textwrap.dedent(CONFIG.format(port=port)), encoding="utf-8")
+    text = listeners(port, free_port()) + textwrap.dedent(CONFIG)
+    config.write_text(text, encoding="utf-8")
     process = RelayProcess(config, port, tmp_path / "relay.log")
     yield process
     process.stop_now()

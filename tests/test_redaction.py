@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
+from relay.config import Config
 from relay.loading import load_config
-from relay.redaction import config_secrets
+from relay.redaction import REDACTED, Redactor, config_secrets, redacted_config
 
 CONFIG = """\
 listen: "${HOST}:8080"
+admin: {token: "${ADMIN_TOKEN}"}
 store: "sqlite:///relay.db"
 sources:
   shop:
@@ -48,17 +51,22 @@ ENV = {
     "TENANT_PATH": "tenant-9f8e",
     "AUDIT_TOKEN": "env-audit-token",
     "REGION": "eu-west-1",
+    "ADMIN_TOKEN": "env-admin-token-0123456789",
 }
+
+
+def load(tmp_path: Path) -> Config:
+    path = tmp_path / "relay.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "a.j2").write_text('{"text": "x"}')
+    return load_config(path, ENV)
 
 
 def test_credentials_are_verify_and_signing_secrets_credential_headers_and_their_env_values(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "relay.yaml"
-    path.write_text(textwrap.dedent(CONFIG))
-    (tmp_path / "templates").mkdir()
-    (tmp_path / "templates" / "a.j2").write_text('{"text": "x"}')
-    config = load_config(path, ENV)
+    config = load(tmp_path)
     secrets = set(config_secrets(config))
     assert {
         "env-shop-secret",
@@ -72,5 +80,33 @@ def test_credentials_are_verify_and_signing_secrets_credential_headers_and_their
         "literal-signing",
         "https://hooks.slack.com/services/T0/B0/XYZSECRET",
         "db-password",
+        "env-admin-token-0123456789",
     } <= secrets
     assert "127.0.0.1" not in secrets  # the listen address is no credential
+
+
+def test_the_config_shown_holds_no_credential_and_everything_else(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    shown = redacted_config(config, Redactor(config_secrets(config)))
+    text = json.dumps(shown)
+    for secret in (*ENV.values(), "literal-old-secret", "literal-api-key", "literal-signing"):
+        if secret != ENV["HOST"]:
+            assert secret not in text
+    assert "XYZSECRET" not in text
+    assert "db-password" not in text
+    assert shown["listen"] == "127.0.0.1:8080"
+    assert shown["admin"] == {"listen": "127.0.0.1:9090", "token": "**********"}
+    assert shown["sources"]["shop"]["verify"]["secret"] == "**********"
+    audit = shown["targets"]["audit"]
+    assert audit["headers"] == {
+        "Authorization": REDACTED,
+        "X-Api-Key": REDACTED,  # a credential by its name, however short its value
+        "X-Region": REDACTED,  # from the environment into a header
+    }
+    assert audit["url"] == f"https://audit.example.com/{REDACTED}/events"
+    assert audit["sign"]["secret"] == "**********"
+    assert shown["targets"]["alerts"]["url"] == REDACTED
+    assert shown["targets"]["rows"]["url"] == f"postgresql://relay:{REDACTED}@127.0.0.1/warehouse"
+    assert shown["routes"] == [
+        {"sources": None, "types": None, "when": None, "targets": ["audit", "alerts", "rows"]}
+    ]

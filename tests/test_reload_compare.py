@@ -97,3 +97,21 @@ def test_listen_store_and_limits_need_a_restart(write_config: ConfigWriter) -> N
         "limits.read_timeout: changed from 15s to 30s: limits are set in the HTTP server when"
         " relay starts; restart relay to apply it; the running config stays",
     )
+
+
+def test_the_admin_listener_needs_a_restart_to_move_but_its_token_changes_live(
+    write_config: ConfigWriter,
+) -> None:
+    old_token, new_token = "old-token-0123456789", "new-token-0123456789"
+    running = load(write_config, f'admin: {{listen: "127.0.0.1:9090", token: {old_token}}}\n')
+    rotated = load(write_config, f'admin: {{listen: "127.0.0.1:9090", token: {new_token}}}\n')
+    change = compare(running, rotated)
+    assert change.refused == ()
+    assert change.admin_token_changed
+    assert change.summary() == "admin.token changed"
+    moved = load(write_config, f'admin: {{listen: "127.0.0.1:9191", token: {old_token}}}\n')
+    assert compare(running, moved).refused == (
+        'admin.listen: changed from "127.0.0.1:9090" to "127.0.0.1:9191": relay cannot move its'
+        " admin listener while it runs; restart relay to apply it; the running config stays",
+    )
+    assert not compare(running, moved).admin_token_changed

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.process import RelayProcess, free_port
+from tests.process import RelayProcess, free_port, listeners
 from tests.receiver import Receiver, wait_until
 
 POSTERS = 4
@@ -27,10 +27,12 @@ PHASE_ACKS = 100  # events acknowledged between one step and the next
 RETRY = "{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}"
 
 
-def config(port: int, url: str, *, version: int, added: str | None = None) -> str:
+def config(relay: RelayProcess, url: str, *, version: int, added: str | None = None) -> str:
     """Source `in` routed to `kept`, `edited` (X-Version: version) and `added` if given."""
-    return f"""\
-listen: "127.0.0.1:{port}"
+    assert relay.admin_port is not None
+    return (
+        listeners(relay.port, relay.admin_port)
+        + f"""\
 store: "sqlite:///relay.db"
 sources:
   in: {{path: /hooks/in}}
@@ -41,6 +43,7 @@ targets:
 routes:
   - targets: [kept, edited{", added" if added else ""}]
 """
+    )
 
 
 class Stream:
@@ -101,10 +104,9 @@ async def reload_with(relay: RelayProcess, text: str, logged: str) -> None:
 
 @pytest.fixture
 def relay(tmp_path: Path, receiver: Receiver) -> Iterator[RelayProcess]:
-    port = free_port()
     path = tmp_path / "relay.yaml"
-    path.write_text(config(port, receiver.url, version=1))
-    process = RelayProcess(path, port, tmp_path / "relay.log")
+    process = RelayProcess(path, free_port(), tmp_path / "relay.log", free_port())
+    path.write_text(config(process, receiver.url, version=1))
     yield process
     process.stop_now()
 
@@ -128,17 +130,17 @@ async def test_reload_under_load_loses_and_duplicates_nothing(
                 20,
                 lambda: "a delivery to edited before the reload" + relay.output(),
             )
-            good = config(relay.port, url, version=2, added=added)
+            good = config(relay, url, version=2, added=added)
             await reload_with(relay, good, "config reloaded from")
             posted_before_reload = set(stream.started)
             await stream.until_acked(len(stream.acked) + PHASE_ACKS)
-            bad = config(relay.port, url, version=3, added=broken)
+            bad = config(relay, url, version=3, added=broken)
             await reload_with(relay, bad, "config not reloaded from")
             await stream.until_acked(len(stream.acked) + PHASE_ACKS)
         finally:
             stream.stopping = True
             await asyncio.gather(*posters)
-        async with session.get(f"{relay.url}/metrics") as response:
+        async with session.get(f"{relay.admin_url}/metrics") as response:
             metrics = await response.text()
     assert not stream.refused, f"refused: {stream.refused}" + relay.output()
 

@@ -265,7 +265,7 @@ routes:
     assert purge_lines == [
         "retention: purged 6 settled event(s) (retention: delivered 1d, dead 2d)"
     ]
-    metrics = await (await relay.client.get("/metrics")).text()
+    metrics = await (await relay.admin.get("/metrics")).text()
     assert "relay_store_purged_events_total 6.0" in metrics
     assert (await relay.post("/hooks/app", {"id": "e0", "type": "routed"})).status == 202
 

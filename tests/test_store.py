@@ -127,6 +127,19 @@ async def test_pending_deliveries_are_counted_by_target(store: SqliteStore) -> N
     assert await store.pending_by_target() == {"a": 2, "b": 1}
 
 
+async def test_ping_answers_while_the_store_is_open_and_refuses_once_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    with pytest.raises(StoreError, match=r"store relay\.db is not open"):
+        await store.ping()
+    await store.open()
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError, match=r"store relay\.db is not open"):
+        await store.ping()
+
+
 async def test_ingest_answers_503_and_stores_nothing_when_the_store_cannot_commit(
     write_config: ConfigWriter, start_relay: StartRelay, tmp_path: Path
 ) -> None:

@@ -133,6 +133,11 @@ class Store(Protocol):
         hundred per transaction so that ingest is never held up long; return how many."""
         ...
 
+    async def ping(self) -> None:
+        """Answer a trivial query, or raise StoreError: whether the store can be used now.
+        Quick: readiness probes call it."""
+        ...
+
     async def wait_failed(self) -> StoreError:
         """Return once the store can no longer be used (its file was deleted, replaced or is
         corrupt): it then refuses every read and write, and the daemon should exit."""

@@ -189,6 +189,11 @@ class SqliteStore:
     async def wait_failed(self) -> StoreError:
         return await self._health.wait_failed()
 
+    async def ping(self) -> None:
+        """A read of the file's first page, on the loop: microseconds, as WAL readers never
+        wait for the writer; a failed, closed or unreadable store raises StoreError."""
+        self._read("SELECT 1 FROM sqlite_master LIMIT 1")
+
     @property
     def commits(self) -> int:
         """Group commits so far: fewer than writes under concurrency."""
