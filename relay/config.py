@@ -134,8 +134,8 @@ class RetentionConfig(Model):
     """Purge an event this long after its last delivery was delivered (a repeat of its id
     afterwards is accepted as new)."""
     dead: Duration = timedelta(days=30)
-    """Purge an event this long after its last dead delivery died (it can be replayed until then).
-    Purge an event this long after its last dead delivery died (it can be replayed until then)."""
+    """Purge an event this long after its last dead delivery died (it can be replayed until
+    then)."""
 
 
 MIN_ADMIN_TOKEN_CHARS = 16
