@@ -11,8 +11,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Container, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from relay.admin import create_admin_app
 from relay.app import DAEMON, STORE, Daemon, create_app
 from relay.compiled import compile_config
 from relay.config import Config
+from relay.deliveries_cli import add_deliveries_arguments, add_replay_arguments, check_arguments
+from relay.deliveries_cli import run as run_deliveries_command
 from relay.errors import ConfigError, InboundError, RenderError, StoreError
 from relay.loading import load_config
 from relay.preview import build_event, check_samples, format_request, preview
@@ -32,9 +33,7 @@ from relay.redaction import Redactor, config_secrets, redact_request
 from relay.schema import config_schema_text
 from relay.send import post, sign_request
 from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
-from relay.store import open_store
-from relay.store.base import DeliveryRecord, Store
-from relay.textsafety import escape_controls
+from relay.store.base import Store
 
 log = logging.getLogger("relay")
 
@@ -66,15 +65,13 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", "Run the daemon.").set_defaults(command=run)
     command("check", "Load and compile the config; list every problem.").set_defaults(command=check)
-    listing = command("deliveries", "List deliveries, newest first.")
-    listing.add_argument("--state", choices=["pending", "delivered", "dead"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing_help = "List (the default), show and replay deliveries; the daemon may be running."
+    listing = commands.add_parser("deliveries", help=listing_help, description=listing_help)
+    add_deliveries_arguments(listing)
     listing.set_defaults(command=deliveries)
-    replay = command("replay", "Make dead deliveries pending again.")
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("ids", nargs="*", type=int, default=[], help="delivery ids")
-    which.add_argument("--all-dead", action="store_true", help="every dead delivery")
-    replay.set_defaults(command=replay_dead)
+    replay = command("replay", "Make dead deliveries pending again (relay deliveries replay).")
+    add_replay_arguments(replay)
+    replay.set_defaults(command=deliveries)
     show = command("render", "Print the request a target would send for an event; send nothing.")
     show.add_argument("--target", required=True, help="the target to render")
     show.add_argument("--source", help="read the event as this source's sender does")
@@ -308,82 +305,22 @@ def _connection_cap(max_connections: int) -> int:
 
 
 def deliveries(args: argparse.Namespace) -> int:
+    """`relay deliveries [list | show | replay]` and `relay replay` (relay.deliveries_cli)."""
+    check_arguments(args)
     config = _load(args.config)
     if config is None:
         return 1
-
-    async def show() -> None:
-        store = open_store(config.store, time.time)
-        await store.open(daemon=False)
-        try:
-            records = await store.deliveries(args.state, args.limit)
-            pending = await store.pending_by_target()
-        finally:
-            await store.close()
-        redactor = Redactor(config_secrets(config))
-        for record in records:
-            print(_delivery_line(record, redactor, config.targets))
-        waiting = {name: n for name, n in pending.items() if name not in config.targets}
-        if waiting:
-            print(_waiting_note(waiting, args.config), file=sys.stderr)
-
-    return _store_command(show())
+    return _store_command(run_deliveries_command(args, config))
 
 
-NOT_CONFIGURED = " (not in the config)"
-
-
-def _delivery_line(record: DeliveryRecord, redact: Redactor, targets: Container[str]) -> str:
-    """One tab-separated line; ids, types and errors come from outside, so each is escaped.
-    A target the config no longer has is marked: its pending deliveries wait for it."""
-    due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
-    status = record.last_status if record.last_status is not None else "-"
-    fields = [
-        str(record.id),
-        record.state,
-        record.target + ("" if record.target in targets else NOT_CONFIGURED),
-        f"{record.source}/{record.event_id}",
-        record.event_type,
-        f"attempts={record.attempts}",
-        f"status={status}",
-        f"due={due}",
-        record.last_error or "",
-    ]
-    return "\t".join(escape_controls(redact(field)) for field in fields)
-
-
-def _waiting_note(waiting: Mapping[str, int], path: Path) -> str:
-    counts = ", ".join(f"{escape_controls(name)} ({count})" for name, count in waiting.items())
-    return (
-        f"{sum(waiting.values())} pending deliveries are for targets not in {path}: {counts};"
-        " relay sends them once a target of that name is configured again"
-    )
-
-
-def replay_dead(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return 1
-
-    async def revive() -> None:
-        store = open_store(config.store, time.time)
-        await store.open(daemon=False)
-        try:
-            count = await store.replay(None if args.all_dead else args.ids)
-        finally:
-            await store.close()
-        print(f"{count} dead deliveries are pending again")
-
-    return _store_command(revive())
-
-
-def _store_command(coro: object) -> int:
+def _store_command(coro: Coroutine[Any, Any, int | None]) -> int:
+    """Run a command against the store; its exit code, 0 unless it returns another."""
     try:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        result = asyncio.run(coro)
     except StoreError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if result is None else result
 
 
 def send_event(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import (
     Awaitable,
     Callable,
@@ -29,6 +30,7 @@ from typing import Any
 
 from relay.errors import StoreError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry
+from relay.history import note_attempt
 from relay.metrics import Metrics
 from relay.redaction import NOTHING_TO_REDACT, Redactor
 from relay.retry import GiveUp
@@ -145,26 +147,36 @@ class TargetWorker:
         self._wake.clear()
 
     async def _attempt(self, target: Target, delivery: Delivery) -> None:
+        started_at, started = self._clock(), time.perf_counter()
         try:
             outcome = await target.send(delivery)
         except Exception as exc:  # a bug in a target must not stop its worker
             log.exception("target %s: event %s: unexpected error", target.name, delivery.event.id)
             outcome = Retry(f"internal error: {exc!r}")
-        await self._record(target, (delivery,), (outcome,))
+        took_s = time.perf_counter() - started
+        await self._record(target, (delivery,), (outcome,), started_at, took_s)
 
     async def _attempt_batch(self, target: BatchTarget, deliveries: Sequence[Delivery]) -> None:
+        started_at, started = self._clock(), time.perf_counter()
         try:
             outcomes: Sequence[Outcome] = await target.send_batch(deliveries)
         except Exception as exc:  # a bug in a target must not stop its worker
             log.exception("target %s: %d events: unexpected error", target.name, len(deliveries))
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
-        await self._record(target, deliveries, outcomes)
+        took_s = time.perf_counter() - started
+        await self._record(target, deliveries, outcomes, started_at, took_s)
 
     async def _record(
-        self, target: Target, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]
+        self,
+        target: Target,
+        deliveries: Sequence[Delivery],
+        outcomes: Sequence[Outcome],
+        started_at: float,
+        took_s: float,
     ) -> None:
-        """Count and record the outcomes of one attempt or one group, in one store write;
-        `target` made the attempt, and its retry policy decides what comes next.
+        """Count and record the outcomes of one attempt or one group, each with its history
+        (started at `started_at`, `took_s` in the worker), in one store write; `target` made
+        the attempt, and its retry policy decides what comes next.
 
         If that fails, the leases are dropped so the deliveries are due again at once rather
         than when their leases expire (a delivered one may then be sent twice: at least once).
@@ -173,6 +185,8 @@ class TargetWorker:
             results = [
                 self._result(target, d, o) for d, o in zip(deliveries, outcomes, strict=True)
             ]
+            for result, delivery, outcome in zip(results, deliveries, outcomes, strict=True):
+                note_attempt(result, delivery.attempt, outcome, started_at, took_s, self.redact)
             await self._store.record(results)
         except Exception as exc:
             ids = [delivery.id for delivery in deliveries]

@@ -70,9 +70,17 @@ class Delivery:
     event: Event
 
 
+# Each outcome also carries what the attempt history keeps, where the target knows it: how long
+# the attempt took (`duration_s`), the target's answer (`response`, its text as received: the
+# worker redacts, escapes and cuts it) and that answer's `Retry-After` header as sent.
+
+
 @dataclass(frozen=True, slots=True)
 class Delivered:
     status: int | None = None
+    duration_s: float | None = None
+    response: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,9 @@ class Retry:
     reason: str
     status: int | None = None
     after_s: float | None = None
+    duration_s: float | None = None
+    response: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,9 @@ class Failed:
 
     reason: str
     status: int | None = None
+    duration_s: float | None = None
+    response: str | None = None
+    retry_after: str | None = None
 
 
 Outcome = Delivered | Retry | Failed

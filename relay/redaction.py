@@ -33,6 +33,8 @@ class Redactor:
         self._pattern = (
             re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
         )
+        # Text cut after this many characters past a point is redacted up to that point.
+        self.longest_chars = len(longest_first[0]) if longest_first else 0
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:

@@ -236,22 +236,42 @@ async def test_deliveries_are_listed_newest_first_and_filtered(
         "id",
         "source",
         "event_id",
-        "event_type",
+        "type",
         "target",
+        "target_configured",
         "state",
+        "received_at",
         "attempts",
         "next_attempt_at",
         "last_status",
         "last_error",
     }
-    assert (dead["source"], dead["target"], dead["event_type"]) == ("in", "out", "order.paid")
+    assert (dead["source"], dead["target"], dead["type"]) == ("in", "out", "order.paid")
     assert (dead["attempts"], dead["last_status"]) == (1, 500)
     assert "500" in dead["last_error"]
-    assert dead["next_attempt_at"].endswith("+00:00")
+    assert dead["next_attempt_at"] is None  # only a pending delivery has a next attempt
+    assert dead["received_at"].endswith("Z")
     _, only_dead = await answer(await relay.admin.get("/api/deliveries?state=dead"))
     assert [d["event_id"] for d in only_dead["deliveries"]] == ["e1"]
     _, newest = await answer(await relay.admin.get("/api/deliveries?limit=1&state=delivered"))
     assert [d["event_id"] for d in newest["deliveries"]] == ["e3"]
+    _, page = await answer(
+        await relay.admin.get(f"/api/deliveries?before={newest['deliveries'][0]['id']}&limit=1")
+    )
+    assert [d["event_id"] for d in page["deliveries"]] == ["e2"]
+    _, by_event = await answer(await relay.admin.get("/api/deliveries?event=e2&since=1h"))
+    assert [d["event_id"] for d in by_event["deliveries"]] == ["e2"]
+    status, detail = await answer(await relay.admin.get(f"/api/deliveries/{dead['id']}"))
+    assert status == 200
+    assert detail["event"]["id"] == "e1"
+    assert [(a["number"], a["status"]) for a in detail["attempts"]] == [(1, 500)]
+    assert await answer(await relay.admin.get("/api/deliveries/999")) == (
+        404,
+        {"error": "no delivery 999"},
+    )
+
+
+DELIVERIES_PARAMS = "state, target, source, type, event, since, before, limit"
 
 
 @pytest.mark.parametrize(
@@ -264,14 +284,20 @@ async def test_deliveries_are_listed_newest_first_and_filtered(
             "limit=ten",
             "parameter limit: must be a valid integer, unable to parse string as an integer",
         ),
-        ("colour=red", "unknown parameter colour (this endpoint takes: state, limit)"),
+        (
+            "colour=red",
+            f"unknown parameter colour (this endpoint takes: {DELIVERIES_PARAMS})",
+        ),
         ("limit=1&limit=2", "parameter limit is given more than once"),
         (
             "state=lost&limit=0",
             "parameter state: must be 'pending', 'delivered' or 'dead';"
             " parameter limit: must be greater than or equal to 1",
         ),
-        ("x" * 100 + "=1", f"unknown parameter {'x' * 64}... (this endpoint takes: state, limit)"),
+        (
+            "x" * 100 + "=1",
+            f"unknown parameter {'x' * 64}... (this endpoint takes: {DELIVERIES_PARAMS})",
+        ),
     ],
 )
 async def test_deliveries_parameters_are_checked_with_400(

@@ -36,11 +36,66 @@ class DeliveryRecord:
     next_attempt_at: float
     last_status: int | None
     last_error: str | None
+    received_at: float  # when its event arrived
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator means, beside their state: each field set must match."""
+
+    target: str | None = None
+    source: str | None = None
+    type_glob: str | None = None  # `CASE_*`, case-sensitive, as a route's `types` match
+    event_id: str | None = None
+    since: float | None = None  # of events received at or after this time (epoch seconds)
+    delivery_ids: frozenset[int] | None = None
+
+
+EVERY_DELIVERY = DeliveryFilter()
+
+AttemptOutcome = Literal["delivered", "retry", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt as the history keeps it; texts are stored redacted and escaped."""
+
+    number: int  # the delivery's attempt count when it was made (a replay starts again at 1)
+    started_at: float
+    duration_s: float | None
+    result: AttemptOutcome
+    status: int | None
+    error: str | None
+    response: str | None  # the start of the target's answer
+    retry_after: str | None  # its Retry-After header
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored, for an operator to look at: nothing in it is parsed."""
+
+    source: str
+    event_id: str
+    type: str
+    received_at: float
+    created_at: float | None
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDetail:
+    """One delivery with its event and every attempt recorded, oldest first."""
+
+    delivery: DeliveryRecord
+    event: StoredEvent
+    attempts: list[AttemptRecord]
 
 
 @dataclass(slots=True)
 class AttemptResult:
-    """What one attempt came to: the delivery's new state, and when to try again if pending.
+    """What one attempt came to: the delivery's new state, and when to try again if pending;
+    the rest is what the attempt history keeps (texts already redacted and escaped).
 
     Not frozen, though nothing changes one: a frozen dataclass's __init__ costs several
     times more, and a warehouse records one per row.
@@ -51,6 +106,11 @@ class AttemptResult:
     next_attempt_at: float | None = None
     status: int | None = None
     error: str | None = None
+    attempt: int = 0  # the delivery's attempt count (1 for the first)
+    started_at: float | None = None  # None: when it is recorded
+    duration_s: float | None = None
+    response: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +161,8 @@ class Store(Protocol):
         ...
 
     async def record(self, results: Sequence[AttemptResult]) -> None:
-        """Record attempts' results and drop their leases, in one transaction."""
+        """Record attempts' results, each in the attempt history too, and drop their leases,
+        in one transaction."""
         ...
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
@@ -113,8 +174,22 @@ class Store(Protocol):
         ...
 
     async def deliveries(
-        self, state: DeliveryState | None = None, limit: int = 100
-    ) -> list[DeliveryRecord]: ...
+        self,
+        state: DeliveryState | None = None,
+        limit: int = 100,
+        *,
+        where: DeliveryFilter = EVERY_DELIVERY,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Newest first, at most `limit`; `before_id` continues a listing after its last id.
+
+        Each filter alone is answered from an index in that order, so a listing reads about
+        as many rows as it returns, however large the store."""
+        ...
+
+    async def delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        """The delivery, its event and its attempts; None if there is no such delivery."""
+        ...
 
     async def replay(self, delivery_ids: Sequence[int] | None = None) -> int:
         """Make dead deliveries pending again (all of them when `delivery_ids` is None)."""

@@ -1,4 +1,5 @@
-"""Retention in the SQLite store: walk the events oldest first, a batch per transaction.
+"""Retention in the SQLite store: walk the events oldest first, a batch per transaction; an
+event goes with its deliveries and their attempts.
 
 A pass starts at the oldest event and stops at the first one too young to go (events are
 numbered in the order they arrived). Events kept on the way (a delivery pending or not yet
@@ -69,6 +70,10 @@ def purge_batch(
             expired.append((pk,))
         else:
             until = min(until, now + retention.shortest_s if expiry is None else expiry)
+    cur.executemany(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_pk = ?)",
+        expired,
+    )
     cur.executemany("DELETE FROM deliveries WHERE event_pk = ?", expired)
     cur.executemany("DELETE FROM events WHERE pk = ?", expired)
     after_pk = examined[-1][0] if examined else walk.after_pk

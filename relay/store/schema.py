@@ -38,6 +38,25 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN created_at REAL;",
     # Retention reads and deletes an event's deliveries by event.
     "CREATE INDEX deliveries_event ON deliveries (event_pk);",
+    # The attempt history, and what `relay deliveries` filters by (newest first): a target's
+    # deliveries by id, an event's source and type (each pair's events by pk).
+    """
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+        number INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        duration_s REAL,
+        result TEXT NOT NULL,
+        status INTEGER,
+        error TEXT,
+        response TEXT,
+        retry_after TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery_id);
+    CREATE INDEX deliveries_target ON deliveries (target, id);
+    CREATE INDEX events_kind ON events (source, type);
+    """,
 )
 
 

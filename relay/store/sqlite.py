@@ -27,13 +27,17 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay import jsoncodec
 from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.store.base import (
+    EVERY_DELIVERY,
+    AttemptOutcome,
     AttemptResult,
+    DeliveryDetail,
+    DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
     IngestResult,
@@ -52,11 +56,20 @@ from relay.store.health import (
 from relay.store.purge import BATCH_EVENTS, Batch, Walk, purge_batch
 from relay.store.schema import migrate
 from relay.store.url import parse_store_url
+from relay.store.views import delivery_detail, list_deliveries
 
 log = logging.getLogger("relay.store")
 
+T = TypeVar("T")
+
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+# A pending result is an attempt to be retried.
+ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
+    "delivered": "delivered",
+    "pending": "retry",
+    "dead": "dead",
+}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
 
@@ -227,9 +240,13 @@ class SqliteStore:
         return self._db
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._view(lambda db: db.execute(sql, params).fetchall())
+
+    def _view(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `read` on the connection; a failure is a StoreError (and may fail the store)."""
         self._health.check()
         try:
-            return self._connection().execute(sql, params).fetchall()
+            return read(self._connection())
         except sqlite3.Error as exc:
             raise self._health.error_from(exc) from exc
 
@@ -299,7 +316,7 @@ class SqliteStore:
             event = events.get(event_pk, "the event is missing")
             if isinstance(event, str):
                 error = f"the stored event cannot be read: {event}"
-                unreadable.append(AttemptResult(delivery_id, "dead", error=error))
+                unreadable.append(AttemptResult(delivery_id, "dead", error=error, attempt=attempt))
                 continue
             deliveries.append(Delivery(delivery_id, target, attempt, first_attempt_at, event))
         if unreadable:  # dead, or every claim would trip on them again
@@ -334,12 +351,31 @@ class SqliteStore:
         rows = [
             (r.state, r.next_attempt_at, r.status, r.error, now, r.delivery_id) for r in results
         ]
+        attempts = [
+            (
+                r.delivery_id,
+                r.attempt,
+                now if r.started_at is None else r.started_at,
+                r.duration_s,
+                ATTEMPT_OUTCOMES[r.state],
+                r.status,
+                r.error,
+                r.response,
+                r.retry_after,
+            )
+            for r in results
+        ]
 
         def update(cur: sqlite3.Cursor) -> None:
             cur.executemany(
                 "UPDATE deliveries SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
                 " last_status = ?, last_error = ?, lease_until = 0, updated_at = ? WHERE id = ?",
                 rows,
+            )
+            cur.executemany(
+                "INSERT INTO attempts (delivery_id, number, started_at, duration_s, result,"
+                " status, error, response, retry_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                attempts,
             )
 
         await self._writes.submit(update)
@@ -369,18 +405,19 @@ class SqliteStore:
     # -- operator views --------------------------------------------------------------------
 
     async def deliveries(
-        self, state: DeliveryState | None = None, limit: int = 100
+        self,
+        state: DeliveryState | None = None,
+        limit: int = 100,
+        *,
+        where: DeliveryFilter = EVERY_DELIVERY,
+        before_id: int | None = None,
     ) -> list[DeliveryRecord]:
-        where = "WHERE d.state = ?" if state else ""
-        params: list[Any] = [state] if state else []
-        rows = self._read(
-            "SELECT d.id, e.source, e.event_id, e.type, d.target, d.state, d.attempts,"
-            " d.next_attempt_at, d.last_status, d.last_error"
-            f" FROM deliveries d JOIN events e ON e.pk = d.event_pk {where}"
-            " ORDER BY d.id DESC LIMIT ?",
-            [*params, limit],
+        return self._view(
+            partial(list_deliveries, state=state, limit=limit, where=where, before_id=before_id)
         )
-        return [DeliveryRecord(*row) for row in rows]
+
+    async def delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        return self._view(partial(delivery_detail, delivery_id=delivery_id))
 
     async def replay(self, delivery_ids: Sequence[int] | None = None) -> int:
         now = self._clock()

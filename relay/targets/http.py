@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Literal
 
@@ -191,6 +192,7 @@ class HttpTarget:
             return Failed(f"targets.{self.name}: cannot build the request: {exc!r}")
         if self._limiter is not None:
             await self._limiter.acquire()
+        started = time.perf_counter()
         try:
             async with self._session.request(
                 request.method,
@@ -202,11 +204,15 @@ class HttpTarget:
             ) as response:
                 text = await response.text(errors="replace")
                 retry_after = response.headers.get("Retry-After")
-                return self._classify(response.status, text, retry_after, self._clock())
+                outcome = self._classify(response.status, text, retry_after, self._clock())
+                took_s = time.perf_counter() - started
+                return replace(outcome, duration_s=took_s, response=text, retry_after=retry_after)
         except TimeoutError:
-            return Retry(f"timed out after {self._timeout_s:g}s")
+            took_s = time.perf_counter() - started
+            return Retry(f"timed out after {self._timeout_s:g}s", duration_s=took_s)
         except aiohttp.ClientError as exc:
-            return Retry(f"connection error: {exc or type(exc).__name__}")
+            took_s = time.perf_counter() - started
+            return Retry(f"connection error: {exc or type(exc).__name__}", duration_s=took_s)
 
     async def close(self) -> None:
         return None

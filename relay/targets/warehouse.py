@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from relay.errors import RenderError
-from relay.events import DELIVERED, Delivery, Failed, Outcome, Retry
+from relay.events import DELIVERED, Delivered, Delivery, Failed, Outcome, Retry
 from relay.fields import NUL_IN_PATH, Duration, Identifier, Model, error, table_name
 from relay.retry import RetryPolicy
 from relay.shared_config import RetryConfig, TargetModel
@@ -177,14 +178,19 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _write(self, batch: list[Share]) -> None:
+        """Write the batch; each delivery's outcome says how long the batch's write took."""
         deliveries = [rows for share, _ in batch for rows in share]
+        started = time.perf_counter()
         try:
             results = await self._writer.write(deliveries)
+            took_s = time.perf_counter() - started
+            delivered = Delivered(duration_s=took_s)  # one for the batch: thousands of rows
             outcomes: list[Outcome] = [
-                DELIVERED if error is None else Failed(error) for error in results
+                delivered if error is None else Failed(error, duration_s=took_s)
+                for error in results
             ]
         except WarehouseUnavailable as exc:
-            outcomes = [Retry(str(exc))] * len(deliveries)
+            outcomes = [Retry(str(exc), duration_s=time.perf_counter() - started)] * len(deliveries)
         except Exception as exc:  # a bug must not leave deliveries waiting forever
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
         start = 0
