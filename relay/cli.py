@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Container, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Container, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from relay.schema import config_schema_text
 from relay.send import post, sign_request
 from relay.server import RelayRunner, connection_cap, raise_open_file_limit
 from relay.store import open_store
-from relay.store.base import DeliveryRecord, Store
+from relay.store.base import DeliveryRecord, Store, TargetPause, is_held
+from relay.targetstatus import format_targets, target_rows, targets_json
 from relay.textsafety import escape_controls
 
 log = logging.getLogger("relay")
@@ -93,7 +94,35 @@ def _parser() -> argparse.ArgumentParser:
         " the config file's JSON Schema; relay.schema.json in the repository is this output.",
     )
     schema.set_defaults(command=print_schema)
+    _add_targets_command(commands)
     return parser
+
+
+def _add_targets_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`relay targets [-c FILE] [--json]`, `relay targets pause NAME [--reason TEXT]`,
+    `relay targets resume NAME`; -c goes before or after the action."""
+    targets = commands.add_parser(
+        "targets",
+        help="Show each target (paused or active, pending, dead, last success and error);"
+        " pause or resume one.",
+        description="Show each target; `pause NAME` stops deliveries to it, `resume NAME`"
+        " starts them again (a running relay follows within a second).",
+    )
+    targets.add_argument("-c", "--config", type=Path, help="the YAML config file")
+    targets.add_argument("--json", action="store_true", help="one JSON array, for programs")
+    targets.set_defaults(command=list_targets)
+    actions = targets.add_subparsers(metavar="ACTION")
+    pause = actions.add_parser("pause", help="Claim nothing for a target until it is resumed.")
+    pause.add_argument("name", help="the target")
+    pause.add_argument("--reason", help="why, shown by relay targets")
+    pause.set_defaults(command=pause_target)
+    resume = actions.add_parser("resume", help="Deliver to a paused target again.")
+    resume.add_argument("name", help="the target")
+    resume.set_defaults(command=resume_target)
+    for action in (pause, resume):
+        action.add_argument(
+            "-c", "--config", type=Path, default=argparse.SUPPRESS, help="the YAML config file"
+        )
 
 
 def print_schema(args: argparse.Namespace) -> int:
@@ -306,6 +335,8 @@ def _delivery_line(record: DeliveryRecord, redact: Redactor, targets: Container[
     """One tab-separated line; ids, types and errors come from outside, so each is escaped.
     A target the config no longer has is marked: its pending deliveries wait for it."""
     due = datetime.fromtimestamp(record.next_attempt_at, UTC).strftime("%H:%M:%S")
+    if is_held(record.next_attempt_at):
+        due = "after the older one of its key"
     status = record.last_status if record.last_status is not None else "-"
     fields = [
         str(record.id),
@@ -344,6 +375,104 @@ def replay_dead(args: argparse.Namespace) -> int:
         print(f"{count} dead deliveries are pending again")
 
     return _store_command(revive())
+
+
+def list_targets(args: argparse.Namespace) -> int:
+    config = _targets_config(args)
+    if config is None:
+        return 1
+
+    async def show() -> None:
+        store = open_store(config.store, time.time)
+        await store.open(daemon=False)
+        try:
+            statuses = await store.target_statuses()
+        finally:
+            await store.close()
+        rows = target_rows(statuses, list(config.targets))
+        redactor = Redactor(config_secrets(config))
+        if args.json:
+            print(json.dumps(targets_json(rows, time.time(), redactor), ensure_ascii=False))
+        else:
+            print(format_targets(rows, time.time(), redactor))
+
+    return _store_command(show())
+
+
+def pause_target(args: argparse.Namespace) -> int:
+    config = _targets_config(args)
+    if config is None:
+        return 1
+    reason = args.reason or "paused with relay targets pause"
+
+    async def pause(store: Store) -> str:
+        before = await store.target_pause(args.name)
+        if before is not None:
+            return f"{args.name} is already paused since {_since(before)}"
+        await store.pause_target(args.name, reason)
+        return f"{args.name} is paused: relay claims nothing for it until it is resumed"
+
+    return _target_command(config, args.name, pause)
+
+
+def resume_target(args: argparse.Namespace) -> int:
+    config = _targets_config(args)
+    if config is None:
+        return 1
+
+    async def resume(store: Store) -> str:
+        ended = await store.resume_target(args.name)
+        if ended is None:
+            return f"{args.name} is not paused"
+        return f"{args.name} is resumed (it was paused since {_since(ended)})"
+
+    return _target_command(config, args.name, resume)
+
+
+def _targets_config(args: argparse.Namespace) -> Config | None:
+    if args.config is None:
+        print("relay targets: -c/--config is required", file=sys.stderr)
+        return None
+    return _load(args.config)
+
+
+def _since(pause: TargetPause) -> str:
+    when = datetime.fromtimestamp(pause.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{when}: {pause.reason}"
+
+
+def _target_command(
+    config: Config, name: str, act: Callable[[Store], Coroutine[Any, Any, str]]
+) -> int:
+    """Run `act` on the store for target `name`, which the config or the store must know:
+    else the error lists the targets."""
+
+    async def run_it() -> str | None:
+        store = open_store(config.store, time.time)
+        await store.open(daemon=False)
+        try:
+            stored = [status.name for status in await store.target_statuses()]
+            known = list(dict.fromkeys([*config.targets, *stored]))
+            if name not in known:
+                names = ", ".join(escape_controls(n) for n in known) or "none"
+                print(
+                    f"relay targets: no target named {name!r}; targets: {names}",
+                    file=sys.stderr,
+                )
+                return None
+            return await act(store)
+        finally:
+            await store.close()
+
+    try:
+        said = asyncio.run(run_it())
+    except StoreError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    if said is None:
+        return 1
+    print(escape_controls(said))
+    return 0
 
 
 def _store_command(coro: object) -> int:

@@ -68,6 +68,7 @@ class Delivery:
     attempt: int  # 1 for the first attempt
     first_attempt_at: float  # seconds since the epoch
     event: Event
+    order_key: str | None = None  # deliveries of one key go out one at a time (`ordering`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,5 +93,14 @@ class Failed:
     status: int | None = None
 
 
-Outcome = Delivered | Retry | Failed
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The target says it is gone for good (410 Gone): pause the target and keep the delivery
+    until an operator resumes it, as Svix disables such an endpoint."""
+
+    reason: str
+    status: int | None = None
+
+
+Outcome = Delivered | Retry | Failed | Gone
 DELIVERED = Delivered()  # the common outcome, shared rather than made per delivery
