@@ -300,6 +300,12 @@ class HandOut:
     async def release(self, delivery_ids: Sequence[int]) -> None:
         return None
 
+    async def target_pause(self, target: str) -> None:
+        return None  # never paused
+
+    async def note_activity(self, target: str, activity: object) -> None:
+        return None
+
 
 async def run_target(target: WarehouseTarget, deliveries: list[Delivery]) -> float:
     """relay's own delivery worker (TargetWorker) driving the target, as `relay run` does:

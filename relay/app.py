@@ -83,7 +83,7 @@ class Daemon:
         self.ingest = Ingest(
             self.store, self._notify, self.metrics, clock, limits.max_body_bytes, HEALTH_PATHS
         )
-        self.ingest.configure(compiled.sources, compiled.router)
+        self.ingest.configure(compiled.sources, compiled.router, compiled.order_keys)
 
     @property
     def started(self) -> bool:
@@ -145,6 +145,7 @@ class Daemon:
             self._grace_s,
         )
         app[DISPATCHER] = self.dispatcher
+        await self._forget_order_keys(self.config)
         self.dispatcher.start()
         await self._report_waiting(self.config)
         yield
@@ -180,6 +181,7 @@ class Daemon:
             log.info("config reloaded from %s: %s", path, change.summary())
             for warning in compiled.warnings:
                 log.warning("%s", warning)
+            await self._forget_order_keys(compiled.config)
             waiting = await self._report_waiting(compiled.config)
             return ReloadResult(change=change, waiting=waiting)
 
@@ -205,13 +207,32 @@ class Daemon:
             for name, plan in compiled.targets.items()
         }
         self._secrets.update(dict.fromkeys(config_secrets(compiled.config)))
-        self.ingest.configure(compiled.sources, compiled.router)
+        self.ingest.configure(compiled.sources, compiled.router, compiled.order_keys)
         dispatcher.configure(targets, Redactor(self._secrets))
         if self._purger is not None:
             self._purger.configure(retention_policy(compiled.config.retention))
         logs.redact_secrets(self._secrets)
         self._targets = targets
         self.compiled, self.config = compiled, compiled.config
+
+    async def _forget_order_keys(self, config: Config) -> None:
+        """Deliveries stored with a key for a target that no longer orders go unordered now:
+        those held behind an older one of their key are due at once."""
+        for name, target in config.targets.items():
+            if target.ordering is not None:
+                continue
+            try:
+                released = await self.store.forget_order_keys(name)
+            except StoreError as exc:
+                log.error("target %s: cannot drop its ordering keys: %s", name, exc)
+                continue
+            if released:
+                log.info(
+                    "target %s orders by key no more: %d deliveries that waited behind older"
+                    " ones of their key go now",
+                    name,
+                    released,
+                )
 
     async def _report_waiting(self, config: Config) -> dict[str, int]:
         """Log the pending deliveries of targets `config` does not have: they stay in the store

@@ -34,6 +34,7 @@ from relay.schema import config_schema_text
 from relay.send import post, sign_request
 from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
 from relay.store.base import Store
+from relay.targets_cli import run as run_targets_command
 
 log = logging.getLogger("relay")
 
@@ -93,7 +94,35 @@ def _parser() -> argparse.ArgumentParser:
         " the config file's JSON Schema; relay.schema.json in the repository is this output.",
     )
     schema.set_defaults(command=print_schema)
+    _add_targets_command(commands)
     return parser
+
+
+def _add_targets_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`relay targets [-c FILE] [--json]`, `relay targets pause NAME [--reason TEXT]`,
+    `relay targets resume NAME`; -c goes before or after the action."""
+    targets = commands.add_parser(
+        "targets",
+        help="Show each target (paused or active, pending, dead, last success and error);"
+        " pause or resume one.",
+        description="Show each target; `pause NAME` stops deliveries to it, `resume NAME`"
+        " starts them again (a running relay follows within a second).",
+    )
+    targets.add_argument("-c", "--config", type=Path, help="the YAML config file")
+    targets.add_argument("--json", action="store_true", help="one JSON array, for programs")
+    targets.set_defaults(command=targets_command, command_name="list")
+    actions = targets.add_subparsers(metavar="ACTION")
+    pause = actions.add_parser("pause", help="Claim nothing for a target until it is resumed.")
+    pause.add_argument("name", help="the target")
+    pause.add_argument("--reason", help="why, shown by relay targets")
+    pause.set_defaults(command=targets_command, command_name="pause")
+    resume = actions.add_parser("resume", help="Deliver to a paused target again.")
+    resume.add_argument("name", help="the target")
+    resume.set_defaults(command=targets_command, command_name="resume")
+    for action in (pause, resume):
+        action.add_argument(
+            "-c", "--config", type=Path, default=argparse.SUPPRESS, help="the YAML config file"
+        )
 
 
 def print_schema(args: argparse.Namespace) -> int:
@@ -311,6 +340,16 @@ def deliveries(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     return _store_command(run_deliveries_command(args, config))
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    if args.config is None:
+        print("relay targets: -c/--config is required", file=sys.stderr)
+        return 1
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return _store_command(run_targets_command(args, config))
 
 
 def _store_command(coro: Coroutine[Any, Any, int | None]) -> int:

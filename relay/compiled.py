@@ -15,6 +15,7 @@ from types import MappingProxyType
 from relay.allowlist import parse_networks
 from relay.config import Config, SourceConfig
 from relay.inbound import CompiledSource
+from relay.ordering import OrderKeys
 from relay.router import Router, compile_routes
 from relay.sources import SENDERS, build_verifier
 from relay.targets import plan_target
@@ -28,6 +29,7 @@ class CompiledConfig:
     router: Router
     targets: Mapping[str, TargetPlan]
     warnings: tuple[str, ...]
+    order_keys: OrderKeys  # the ordering key of each target that has one
 
     def summary(self) -> str:
         return (
@@ -44,8 +46,22 @@ def compile_config(config: Config, clock: Callable[[], float] = time.time) -> Co
         if source.verify is None
     )
     targets = {name: plan_target(name, target) for name, target in config.targets.items()}
+    order_keys = OrderKeys(
+        MappingProxyType(
+            {
+                name: target.ordering.key.named(f"targets.{name}.ordering.key")
+                for name, target in config.targets.items()
+                if target.ordering is not None
+            }
+        )
+    )
     return CompiledConfig(
-        config, sources, compile_routes(config.routes), MappingProxyType(targets), warnings
+        config,
+        sources,
+        compile_routes(config.routes),
+        MappingProxyType(targets),
+        warnings,
+        order_keys,
     )
 
 

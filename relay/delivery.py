@@ -4,6 +4,10 @@ One worker per target keeps up to `concurrency` attempts in flight. Attempts are
 store, so a crashed process's work becomes due again; retry times live in the store too. A
 target that sends in batches (the warehouse) gets each claimed group in one call.
 
+A target's pause lives in the store, so `relay targets pause` in another process reaches the
+worker: it looks at least once a second (and the store's claim itself refuses a paused
+target). A target that answers 410 Gone is paused by its worker, the delivery kept pending.
+
 A reload hands the dispatcher new targets (`Dispatcher.configure`): an attempt finishes with
 the target it started with, the next claims use the new one, and a target no longer
 configured leaves its pending deliveries in the store until a target of its name is again.
@@ -29,12 +33,12 @@ from collections.abc import (
 from typing import Any
 
 from relay.errors import StoreError
-from relay.events import Delivered, Delivery, Failed, Outcome, Retry
+from relay.events import Delivered, Delivery, Failed, Gone, Outcome, Retry
 from relay.history import note_attempt
 from relay.metrics import Metrics
 from relay.redaction import NOTHING_TO_REDACT, Redactor
 from relay.retry import GiveUp
-from relay.store.base import AttemptResult, Store
+from relay.store.base import AttemptResult, Store, TargetActivity, TargetPause
 from relay.targets.base import BatchTarget, Target
 from relay.textsafety import escape_controls
 
@@ -45,6 +49,8 @@ MIN_WAIT_S = 0.01
 STORE_ERROR_PAUSE_S = 1.0
 SHUTDOWN_GRACE_S = 10.0  # sends in flight at shutdown get this long to finish
 MAX_ERROR_CHARS = 2000  # of a stored error: the start of a target's answer is in it
+STATE_CHECK_INTERVAL_S = 1.0  # how soon a pause or resume made in another process is seen
+MAX_PAUSE_REASON_CHARS = 300
 
 
 class TargetWorker:
@@ -68,6 +74,11 @@ class TargetWorker:
         self._in_flight_count = 0  # deliveries, not tasks
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_target = target if isinstance(target, BatchTarget) else None
+        self._pause: TargetPause | None = None  # as last seen in the store
+        self._state_due = 0.0  # loop time of the next look at the target's state
+        # The last success and the last error since they were last written to the store.
+        self._success_at: float | None = None
+        self._error: tuple[float, str] | None = None
         self._counters = {  # by the state recorded: a pending result is a retry
             state: metrics.attempts.labels(target.name, result)
             for state, result in (
@@ -91,9 +102,23 @@ class TargetWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def pause(self) -> TargetPause | None:
+        """The target's pause as the worker last saw it in the store (at most a second ago)."""
+        return self._pause
+
+    def check_state(self) -> None:
+        """Look at the target's state in the store now: a pause or resume made in this
+        process (a resume wakes the worker at once)."""
+        self._state_due = 0.0
+        self._wake.set()
+
     async def run(self) -> None:
         while not self._stopping:
             try:
+                if await self._paused():
+                    await self._wait(self._state_due - asyncio.get_running_loop().time())
+                    continue
                 claimed = await self._claim()
                 if claimed:
                     continue
@@ -104,6 +129,40 @@ class TargetWorker:
             except Exception:  # a bug must not stop this target's deliveries for good
                 log.exception("target %s: unexpected error while claiming", self.target.name)
                 await self._wait(STORE_ERROR_PAUSE_S)
+
+    async def _paused(self) -> bool:
+        """Whether the target is paused, as the store says at most a second ago; the last
+        success and error go to the store at the same time."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._state_due:
+            self._state_due = loop.time() + STATE_CHECK_INTERVAL_S
+            await self._write_activity()
+            self._saw_pause(await self._store.target_pause(self.target.name))
+        return self._pause is not None
+
+    def _saw_pause(self, pause: TargetPause | None) -> None:
+        name = self.target.name
+        if pause is not None and self._pause is None:
+            log.warning(
+                "target %s is paused (%s): its deliveries wait in the store until"
+                " `relay targets resume %s`",
+                name,
+                pause.reason,
+                name,
+            )
+        elif pause is None and self._pause is not None:
+            log.info("target %s is resumed: delivering again", name)
+        self._pause = pause
+
+    async def _write_activity(self) -> None:
+        """The last success and error since the last write (lost if the store fails: newer
+        ones follow soon enough)."""
+        if self._success_at is None and self._error is None:
+            return
+        error_at, error = self._error if self._error is not None else (None, None)
+        activity = TargetActivity(self._success_at, error_at, error)
+        self._success_at, self._error = None, None  # results recorded meanwhile are kept
+        await self._store.note_activity(self.target.name, activity)
 
     async def _claim(self) -> int:
         target, batch_target = self.target, self._batch_target
@@ -181,7 +240,10 @@ class TargetWorker:
         If that fails, the leases are dropped so the deliveries are due again at once rather
         than when their leases expire (a delivered one may then be sent twice: at least once).
         """
+        gone = next((o for o in outcomes if isinstance(o, Gone)), None)
         try:
+            if gone is not None:  # before the record: nothing more is claimed for it
+                await self._pause_for(target, gone)
             results = [
                 self._result(target, d, o) for d, o in zip(deliveries, outcomes, strict=True)
             ]
@@ -202,12 +264,46 @@ class TargetWorker:
             return
         for state, count in collections.Counter(r.state for r in results).items():
             self._counters[state].inc(count)
+        self._note(results)
+
+    def _note(self, results: Sequence[AttemptResult]) -> None:
+        """Keep the last success and the last error, for the store (`relay targets`)."""
+        now = self._clock()
+        for result in results:
+            if result.state == "delivered":
+                self._success_at = now
+            elif result.error is not None:
+                self._error = (now, result.error)
+
+    async def _pause_for(self, target: Target, gone: Gone) -> None:
+        """The target answered 410 Gone: pause it, as Svix disables such an endpoint."""
+        reason = self._clean(gone.reason)[:MAX_PAUSE_REASON_CHARS]
+        pause = await self._store.pause_target(target.name, reason)
+        if self._pause is None:
+            log.warning(
+                "target %s answered %s: paused; its deliveries wait in the store until"
+                " `relay targets resume %s`",
+                target.name,
+                reason,
+                target.name,
+            )
+        self._pause = pause
 
     def _result(self, target: Target, delivery: Delivery, outcome: Outcome) -> AttemptResult:
-        """What to record for this outcome: delivered, dead, or pending until the next try."""
-        name, event_id = target.name, delivery.event.id
+        """What to record for this outcome: delivered, dead, or pending until the next try
+        (or, when the target is gone, until it is resumed)."""
+        name, event_id, keyed = target.name, delivery.event.id, delivery.order_key is not None
         if isinstance(outcome, Delivered):
-            return AttemptResult(delivery.id, "delivered", status=outcome.status)
+            return AttemptResult(delivery.id, "delivered", status=outcome.status, keyed=keyed)
+        if isinstance(outcome, Gone):  # the target is paused now (_record): due once resumed
+            return AttemptResult(
+                delivery.id,
+                "pending",
+                next_attempt_at=self._clock(),
+                status=outcome.status,
+                error=self._clean(outcome.reason),
+                keyed=keyed,
+            )
         if isinstance(outcome, Failed):
             reason, status = outcome.reason, outcome.status
         else:
@@ -229,10 +325,12 @@ class TargetWorker:
                     next_attempt_at=decision.at,
                     status=outcome.status,
                     error=self._clean(outcome.reason),
+                    keyed=keyed,
                 )
             reason, status = decision.reason, outcome.status
         log.warning("target %s: event %s is dead: %s", name, event_id, reason)
-        return AttemptResult(delivery.id, "dead", status=status, error=self._clean(reason))
+        error = self._clean(reason)
+        return AttemptResult(delivery.id, "dead", status=status, error=error, keyed=keyed)
 
     def _clean(self, reason: str) -> str:
         """An error as stored: secrets cut out, on one line, of bounded length."""
@@ -252,6 +350,8 @@ class TargetWorker:
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         await self.finish(list(self._in_flight), grace_s)
+        with contextlib.suppress(StoreError):
+            await self._write_activity()
 
     async def finish(self, attempts: Collection[asyncio.Task[None]], grace_s: float) -> None:
         """Give these attempts `grace_s` to finish; cancel the rest and release their leases.
@@ -372,6 +472,17 @@ class Dispatcher:
             worker = self._workers.get(name)
             if worker is not None:
                 worker.wake()
+
+    def check_state(self, target_name: str) -> None:
+        """The target's pause changed in the store (from this process): act on it now."""
+        worker = self._workers.get(target_name)
+        if worker is not None:
+            worker.check_state()
+
+    @property
+    def pauses(self) -> Mapping[str, TargetPause | None]:
+        """Each target's pause as its worker last saw it (at most a second ago)."""
+        return {name: worker.pause for name, worker in self._workers.items()}
 
     def begin_shutdown(self) -> float:
         """Claim nothing more from now on; attempts in flight get the grace period from now

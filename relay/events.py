@@ -68,6 +68,7 @@ class Delivery:
     attempt: int  # 1 for the first attempt
     first_attempt_at: float  # seconds since the epoch
     event: Event
+    order_key: str | None = None  # deliveries of one key go out one at a time (`ordering`)
 
 
 # Each outcome also carries what the attempt history keeps, where the target knows it: how long
@@ -106,5 +107,17 @@ class Failed:
     retry_after: str | None = None
 
 
-Outcome = Delivered | Retry | Failed
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The target says it is gone for good (410 Gone): pause the target and keep the delivery
+    until an operator resumes it, as Svix disables such an endpoint."""
+
+    reason: str
+    status: int | None = None
+    duration_s: float | None = None
+    response: str | None = None
+    retry_after: str | None = None
+
+
+Outcome = Delivered | Retry | Failed | Gone
 DELIVERED = Delivered()  # the common outcome, shared rather than made per delivery

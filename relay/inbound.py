@@ -18,6 +18,7 @@ from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
 from relay.errors import InboundError, StoreError
 from relay.metrics import Metrics
+from relay.ordering import NO_ORDERING, OrderKeys
 from relay.refusals import BodyAbandoned, describe_error
 from relay.router import Router
 from relay.sources.base import Reader, Verifier
@@ -74,9 +75,17 @@ class Ingest:
         self._handlers: dict[str, Handler] = {}
         self._refuse = fallback(self._fixed_paths)
 
-    def configure(self, sources: Sequence[CompiledSource], router: Router) -> None:
-        """Serve these sources, routing with this router, from now on."""
-        self._handlers = {source.path: self._handler(source, router) for source in sources}
+    def configure(
+        self,
+        sources: Sequence[CompiledSource],
+        router: Router,
+        order_keys: OrderKeys = NO_ORDERING,
+    ) -> None:
+        """Serve these sources, routing with this router and keying ordered targets'
+        deliveries with `order_keys`, from now on."""
+        self._handlers = {
+            source.path: self._handler(source, router, order_keys) for source in sources
+        }
         self._refuse = fallback({**{s.path: "POST" for s in sources}, **self._fixed_paths})
 
     @property
@@ -90,13 +99,13 @@ class Ingest:
             return await self._refuse(request)
         return await handler(request)
 
-    def _handler(self, source: CompiledSource, router: Router) -> Handler:
+    def _handler(self, source: CompiledSource, router: Router, order_keys: OrderKeys) -> Handler:
         accepted = self._metrics.requests.labels(source.name, "accepted")
         duplicate = self._metrics.requests.labels(source.name, "duplicate")
 
         async def handle(request: web.Request) -> web.Response:
             try:
-                response = await self._accept(source, router, request)
+                response = await self._accept(source, router, order_keys, request)
             except InboundError as exc:
                 self._metrics.requests.labels(source.name, str(exc.status)).inc()
                 log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
@@ -111,7 +120,7 @@ class Ingest:
         return handle
 
     async def _accept(
-        self, source: CompiledSource, router: Router, request: web.Request
+        self, source: CompiledSource, router: Router, order_keys: OrderKeys, request: web.Request
     ) -> web.Response:
         source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
         body = await _read_body(request, self._max_body_bytes)
@@ -130,8 +139,9 @@ class Ingest:
         targets = router.targets_for(
             source.name, event.id, event.type, lambda: {"event": event.template_context()}
         )
+        keys = order_keys.keys_for(event, targets)  # only now is the order of events known
         try:
-            result = await self._store.ingest(event, targets)
+            result = await self._store.ingest(event, targets, keys)
         except StoreError as exc:
             log.error("source %s: event %s not stored: %s", source.name, event.id, exc)
             raise InboundError("relay cannot store the event right now; retry later", 503) from exc

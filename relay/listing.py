@@ -18,7 +18,13 @@ from typing import Any
 
 from relay.fields import SENSITIVE_HEADER
 from relay.redaction import REDACTED, Redactor
-from relay.store.base import AttemptRecord, DeliveryDetail, DeliveryRecord, StoredEvent
+from relay.store.base import (
+    AttemptRecord,
+    DeliveryDetail,
+    DeliveryRecord,
+    StoredEvent,
+    is_held,
+)
 from relay.textsafety import escape_controls, escape_controls_json
 
 NOT_CONFIGURED = " (not in the config)"
@@ -28,7 +34,7 @@ BODY_PREVIEW_BYTES = 2048  # of an event's body, in `relay deliveries show`
 def delivery_line(record: DeliveryRecord, redact: Redactor, targets: Container[str]) -> str:
     """One tab-separated line. A target the config no longer has is marked: its pending
     deliveries wait for it."""
-    due = _clock_time(record.next_attempt_at) if record.state == "pending" else "-"
+    due = _due(record)
     status = record.last_status if record.last_status is not None else "-"
     fields = [
         str(record.id),
@@ -60,10 +66,23 @@ def delivery_fields(
         "attempts": record.attempts,
         "last_status": record.last_status,
         "next_attempt_at": (
-            iso_time(record.next_attempt_at) if record.state == "pending" else None
+            iso_time(record.next_attempt_at) if _waits_for_its_time(record) else None
         ),
+        "waits_for_its_key": record.state == "pending" and is_held(record.next_attempt_at),
         "last_error": None if record.last_error is None else redact(record.last_error),
     }
+
+
+def _due(record: DeliveryRecord) -> str:
+    if record.state != "pending":
+        return "-"
+    if is_held(record.next_attempt_at):
+        return "after the older one of its key"  # ordering: it waits for its key's head
+    return _clock_time(record.next_attempt_at)
+
+
+def _waits_for_its_time(record: DeliveryRecord) -> bool:
+    return record.state == "pending" and not is_held(record.next_attempt_at)
 
 
 def detail_lines(detail: DeliveryDetail, redact: Redactor, targets: Container[str]) -> list[str]:

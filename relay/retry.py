@@ -12,20 +12,31 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from relay.durations import format_duration_s
-from relay.events import Delivered, Failed, Outcome, Retry
-from relay.shared_config import RetryConfig
+from relay.events import Delivered, Failed, Gone, Outcome, Retry
+from relay.shared_config import OnGone, RetryConfig
 
 # 408 Request Timeout, 425 Too Early, 429 Too Many Requests: the request may succeed later.
 RETRYABLE_4XX = frozenset({408, 425, 429})
+GONE = 410
 
 
 def classify_status(status: int, retry_after: str | None, now: float) -> Outcome:
-    """2xx delivered; 408/425/429 and 5xx but 501 retry; any other status fails at once."""
+    """2xx delivered; 408/425/429 and 5xx but 501 retry; 410 is gone; any other status fails
+    at once."""
     if 200 <= status < 300:
         return Delivered(status)
     if status in RETRYABLE_4XX or (500 <= status < 600 and status != 501):
         return Retry(f"HTTP {status}", status, parse_retry_after(retry_after, now))
+    if status == GONE:
+        return Gone(f"HTTP {status} Gone", status)
     return Failed(f"HTTP {status}", status)
+
+
+def gone_as(outcome: Outcome, on_gone: OnGone) -> Outcome:
+    """A target's `on_gone` applied: Gone pauses the target, or the delivery is dead at once."""
+    if isinstance(outcome, Gone) and on_gone == "dead":
+        return Failed(outcome.reason, outcome.status)
+    return outcome
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Literal, Self
 from pydantic import Field, ValidationInfo, field_validator
 
 from relay.fields import Duration, HeaderName, Model, Secret, WhsecSecret, error
-from relay.templatefields import InlineTemplate, TemplateFile
+from relay.templatefields import InlineTemplate, JinjaExpression, TemplateFile
 
 SIGN_SCHEMES = ("hmac-sha256", "standard-webhooks")
+OnGone = Literal["pause", "dead"]  # what a 410 Gone answer does to a target
 
 
 class RetryConfig(Model):
@@ -51,12 +52,22 @@ class StandardWebhooksSignConfig(Model):
 SignConfig = Annotated[HmacSignConfig | StandardWebhooksSignConfig, Field(discriminator="scheme")]
 
 
+class OrderingConfig(Model):
+    key: JinjaExpression
+    """Deliveries with the same key go out one at a time, in the order relay received their
+    events, e.g. event.data.userId; an event whose key fails to evaluate goes out unordered."""
+
+
 class TargetModel(Model):
     """What every target's config model is: each kind narrows `kind` to its own name."""
 
     if TYPE_CHECKING:  # declared by each kind, where its fields are in the order they read
         kind: str
         retry: RetryConfig
+
+    ordering: OrderingConfig | None = None
+    """Deliver events with the same key one at a time, in order (a failing one holds back
+    the later ones of its key, never other keys)."""
 
     def credentials(self) -> Iterator[str]:
         """The credentials this target's config holds (redacted wherever relay writes)."""

@@ -32,12 +32,14 @@ class Reply:
 
 
 class Receiver:
-    """Replies come from `script` in order, then `default` for every later request."""
+    """Replies come from `reply_to` where it gives one (say, by event), else from `script` in
+    order, then `default` for every later request."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.script: list[Reply] = []
         self.default = Reply()
+        self.reply_to: Callable[[Received], Reply | None] = lambda received: None
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -62,20 +64,21 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        reply = self.script.pop(0) if self.script else self.default
+        received = Received(
+            request.method,
+            request.path,
+            request.query_string,
+            dict(request.headers),
+            body,
+            time.monotonic(),
+            raw_path=request.raw_path,
+            query_items=tuple(request.query.items()),
+        )
+        reply = self.reply_to(received)
+        if reply is None:
+            reply = self.script.pop(0) if self.script else self.default
         async with self._changed:
-            self.received.append(
-                Received(
-                    request.method,
-                    request.path,
-                    request.query_string,
-                    dict(request.headers),
-                    body,
-                    time.monotonic(),
-                    raw_path=request.raw_path,
-                    query_items=tuple(request.query.items()),
-                )
-            )
+            self.received.append(received)
             self._changed.notify_all()
         if reply.hang_s:
             await asyncio.sleep(reply.hang_s)

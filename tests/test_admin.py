@@ -243,6 +243,7 @@ async def test_deliveries_are_listed_newest_first_and_filtered(
         "received_at",
         "attempts",
         "next_attempt_at",
+        "waits_for_its_key",
         "last_status",
         "last_error",
     }

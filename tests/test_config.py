@@ -143,7 +143,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "console target refuses http keys",
         "targets: {t: {kind: console, url: 'http://x/'}}\n",
-        ["targets.t.url: unknown key; valid keys here: body, template, kind, retry"],
+        ["targets.t.url: unknown key; valid keys here: ordering, body, template, kind, retry"],
     ),
     (
         "listen without a port",
@@ -612,7 +612,8 @@ async def test_template_is_looked_up_in_templates_dir_relative_to_the_config(
         ),
         (
             "targets: {http: {kind: console, bogus: 1}}\n",
-            "targets.http.bogus: unknown key; valid keys here: body, template, kind, retry",
+            "targets.http.bogus: unknown key; valid keys here: ordering, body, template, kind,"
+            " retry",
         ),
         (
             "sources: {verify: {path: /v, bogus: 1}}\n",

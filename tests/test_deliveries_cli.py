@@ -198,6 +198,7 @@ async def test_json_lists_one_object_per_line(setup: Setup, cli: Cli) -> None:
         "attempts": 1,
         "last_status": 400,
         "next_attempt_at": None,
+        "waits_for_its_key": False,
         "last_error": "HTTP 400: rejected",
     }
     assert first["received_at"].endswith("Z")

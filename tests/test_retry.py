@@ -6,8 +6,15 @@ from email.utils import formatdate
 
 import pytest
 
-from relay.events import Delivered, Failed, Retry
-from relay.retry import GiveUp, RetryPolicy, Schedule, classify_status, parse_retry_after
+from relay.events import Delivered, Failed, Gone, Retry
+from relay.retry import (
+    GiveUp,
+    RetryPolicy,
+    Schedule,
+    classify_status,
+    gone_as,
+    parse_retry_after,
+)
 
 NOW = 1_700_000_000.0
 
@@ -22,9 +29,17 @@ def test_transient_statuses_retry(status: int) -> None:
     assert classify_status(status, None, NOW) == Retry(f"HTTP {status}", status, None)
 
 
-@pytest.mark.parametrize("status", [301, 302, 304, 400, 401, 403, 404, 410, 422, 501])
+@pytest.mark.parametrize("status", [301, 302, 304, 400, 401, 403, 404, 422, 501])
 def test_other_statuses_fail_at_once(status: int) -> None:
     assert classify_status(status, None, NOW) == Failed(f"HTTP {status}", status)
+
+
+def test_410_is_gone_and_on_gone_dead_makes_it_a_failure() -> None:
+    gone = classify_status(410, None, NOW)
+    assert gone == Gone("HTTP 410 Gone", 410)
+    assert gone_as(gone, "pause") == gone
+    assert gone_as(gone, "dead") == Failed("HTTP 410 Gone", 410)
+    assert gone_as(Retry("HTTP 503", 503), "dead") == Retry("HTTP 503", 503)
 
 
 def test_retry_after_in_seconds_is_kept() -> None:

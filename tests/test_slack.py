@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relay.errors import RenderError
-from relay.events import Delivered, Failed, Retry
+from relay.events import Delivered, Failed, Gone, Retry
 from relay.targets.slack import MAX_TEXT_CHARS, TRUNCATION_MARKER, check_message, classify_slack
 from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
@@ -105,7 +105,6 @@ async def test_default_rate_is_one_message_per_second(
         (403, "action_prohibited"),
         (404, "channel_not_found"),
         (404, "no_team"),
-        (410, "channel_is_archived"),
         (400, "no_text"),
     ],
 )
@@ -118,6 +117,34 @@ async def test_slack_error_words_fail_at_once_with_the_word(
     (record,) = await relay.wait_for_state("dead")
     assert record.last_error == f"slack: {word} (HTTP {status})"
     assert record.attempts == 1
+
+
+async def test_an_archived_channel_pauses_the_target_and_keeps_the_message(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    """Slack's 410 is gone for good until someone unarchives the channel: the target pauses,
+    as for any 410, rather than dead-lettering every message."""
+    relay = await start(write_config, start_relay, receiver)
+    receiver.default = Reply(status=410, body="channel_is_archived")
+    await relay.post("/hooks/app", {"id": "e1"})
+    (record,) = await relay.wait_for_deliveries(
+        lambda rs: rs[0].last_status == 410, "the 410 recorded"
+    )
+    assert (record.state, record.last_error) == ("pending", "slack: channel_is_archived (HTTP 410)")
+    pause = await relay.store.target_pause("slack")
+    assert pause is not None
+    assert pause.reason == "slack: channel_is_archived (HTTP 410)"
+
+
+async def test_on_gone_dead_makes_an_archived_channel_fail_the_message(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start(write_config, start_relay, receiver, "    on_gone: dead")
+    receiver.default = Reply(status=410, body="channel_is_archived")
+    await relay.post("/hooks/app", {"id": "e1"})
+    (record,) = await relay.wait_for_state("dead")
+    assert record.last_error == "slack: channel_is_archived (HTTP 410)"
+    assert await relay.store.target_pause("slack") is None
 
 
 async def test_server_errors_retry(
@@ -199,3 +226,6 @@ def test_classify_slack() -> None:
         "slack: HTTP 500 rollup_error", 500, None
     )
     assert classify_slack(302, "", None, 0) == Failed("slack: HTTP 302 (HTTP 302)", 302)
+    archived = "slack: channel_is_archived (HTTP 410)"
+    assert classify_slack(410, "channel_is_archived", None, 0) == Gone(archived, 410)
+    assert classify_slack(410, "channel_is_archived", None, 0, "dead") == Failed(archived, 410)

@@ -64,7 +64,7 @@ async def test_claim_leases_and_counts_an_attempt(tmp_path: Path) -> None:
         assert (claimed.attempt, claimed.first_attempt_at, claimed.event.id) == (1, 1_000.0, "e1")
         assert claimed.event.headers == {"h": "v"}
         assert await store.claim("a", 10, lease_s=30) == []  # leased
-        assert await store.next_due_at("a") == 1_030.0
+        assert await store.next_due_at("a") is None  # leased: the worker's poll finds it
         clock.now += 31  # the lease ran out: the attempt is presumed lost
         (again,) = await store.claim("a", 10, lease_s=30)
         assert (again.attempt, again.first_attempt_at) == (2, 1_000.0)
@@ -78,6 +78,27 @@ async def test_claim_leases_and_counts_an_attempt(tmp_path: Path) -> None:
         assert await store.claim("a", 10, lease_s=30) == []
         clock.now += 5
         assert len(await store.claim("a", 10, lease_s=30)) == 1
+    finally:
+        await store.close()
+
+
+async def test_next_due_at_is_the_first_delivery_nobody_holds_a_lease_on(tmp_path: Path) -> None:
+    """Read from the due index in order, past the leased ones: a backlog costs it nothing."""
+    clock = Clock()
+    store = SqliteStore(tmp_path / "relay.db", clock)
+    await store.open()
+    try:
+        assert await store.next_due_at("a") is None
+        await store.ingest(event("e1"), ["a"])
+        clock.now += 1
+        await store.ingest(event("e2"), ["a"])
+        assert await store.next_due_at("a") == 1_000.0
+        (first,) = await store.claim("a", 1, lease_s=30)
+        assert await store.next_due_at("a") == 1_001.0
+        await store.record([AttemptResult(first.id, "pending", next_attempt_at=1_500.0)])
+        (second,) = await store.claim("a", 1, lease_s=30)
+        assert second.event.id == "e2"  # leased now: e1's retry is next
+        assert await store.next_due_at("a") == 1_500.0
     finally:
         await store.close()
 

@@ -2,11 +2,15 @@
 
 A delivery is `pending` until it is `delivered` or `dead`. A worker claims due pending
 deliveries with a lease; a claim counts as an attempt, so a crash mid-send is counted too.
+
+A paused target is claimed for by no one; its deliveries wait. A delivery with an ordering key
+waits (`HELD_AT`) while an older one of its target and key is pending, and is released when
+that one is delivered or dead: only the oldest pending delivery of a key is ever claimed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -14,6 +18,15 @@ from relay.errors import StoreError
 from relay.events import Delivery, Event
 
 DeliveryState = Literal["pending", "delivered", "dead"]
+
+# The next attempt of a delivery held behind an older one of its key: "not by itself". The
+# last second of year 9999, so that it still reads as a date.
+HELD_AT = 253_402_300_799.0
+
+
+def is_held(next_attempt_at: float) -> bool:
+    """Whether a pending delivery waits for an older one of its key rather than for a time."""
+    return next_attempt_at >= HELD_AT
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,37 @@ class AttemptResult:
     duration_s: float | None = None
     response: str | None = None
     retry_after: str | None = None
+    keyed: bool = False  # has an ordering key: once settled, the next of its key may go
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPause:
+    """Why and since when a target is paused: nothing is claimed for it until it is resumed."""
+
+    since: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TargetActivity:
+    """A target's last delivered attempt and last failed one (its error stored as clean text:
+    secrets redacted, control characters escaped)."""
+
+    last_success_at: float | None = None
+    last_error_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """One target as an operator sees it (`relay targets`)."""
+
+    name: str
+    pause: TargetPause | None
+    pending: int
+    dead: int
+    oldest_pending_at: float | None  # when relay received the event of the oldest pending one
+    activity: TargetActivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +192,11 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def ingest(self, event: Event, targets: Sequence[str]) -> IngestResult:
-        """Store the event and one pending delivery per target in one transaction.
+    async def ingest(
+        self, event: Event, targets: Sequence[str], keys: Mapping[str, str] | None = None
+    ) -> IngestResult:
+        """Store the event and one pending delivery per target in one transaction; a target
+        in `keys` orders its deliveries by that key.
 
         Returns only after the commit; a (source, id) seen before stores nothing new.
         Raises StoreError when the commit fails.
@@ -157,7 +204,8 @@ class Store(Protocol):
         ...
 
     async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
-        """Lease up to `limit` due deliveries of `target` for `lease_s` seconds."""
+        """Lease up to `limit` due deliveries of `target` for `lease_s` seconds: none while the
+        target is paused, and of each ordering key only the oldest pending delivery."""
         ...
 
     async def record(self, results: Sequence[AttemptResult]) -> None:
@@ -170,7 +218,37 @@ class Store(Protocol):
         ...
 
     async def next_due_at(self, target: str) -> float | None:
-        """When the next pending delivery of `target` can be claimed, if there is one."""
+        """When the next pending delivery of `target` that nobody holds a lease on comes due,
+        if there is one and the target is not paused."""
+        ...
+
+    async def forget_order_keys(self, target: str) -> int:
+        """`target` orders no more: its pending deliveries lose their keys, and those held
+        behind an older one of their key are due now. How many were held."""
+        ...
+
+    async def target_pause(self, target: str) -> TargetPause | None:
+        """Whether `target` is paused, why and since when."""
+        ...
+
+    async def pause_target(self, target: str, reason: str) -> TargetPause:
+        """Claim nothing for `target` until it is resumed; the pause in force (a target
+        already paused keeps its reason and time)."""
+        ...
+
+    async def resume_target(self, target: str) -> TargetPause | None:
+        """Claim for `target` again; the pause that ended, or None if it was not paused.
+
+        The time spent paused does not count toward a delivery's `max_elapsed`: each pending
+        delivery's retry window moves on by the length of the pause."""
+        ...
+
+    async def note_activity(self, target: str, activity: TargetActivity) -> None:
+        """Keep `target`'s last success and last error (None fields leave theirs as they are)."""
+        ...
+
+    async def target_statuses(self) -> list[TargetStatus]:
+        """Every target the store knows (one with deliveries, a pause or activity), by name."""
         ...
 
     async def deliveries(

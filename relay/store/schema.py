@@ -57,6 +57,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_target ON deliveries (target, id);
     CREATE INDEX events_kind ON events (source, type);
     """,
+    # Target control and ordering by key: a target's pause and its last success and error
+    # (`relay targets`), and each delivery's ordering key with the pending ones by key.
+    """
+    CREATE TABLE targets (
+        name TEXT PRIMARY KEY,
+        paused_at REAL,
+        paused_reason TEXT,
+        last_success_at REAL,
+        last_error_at REAL,
+        last_error TEXT
+    );
+    ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+    CREATE INDEX deliveries_order ON deliveries (target, order_key, id)
+        WHERE state = 'pending' AND order_key IS NOT NULL;
+    """,
 )
 
 

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.store.base import (
     EVERY_DELIVERY,
+    HELD_AT,
     AttemptOutcome,
     AttemptResult,
     DeliveryDetail,
@@ -42,6 +43,9 @@ from relay.store.base import (
     DeliveryState,
     IngestResult,
     RetentionPolicy,
+    TargetActivity,
+    TargetPause,
+    TargetStatus,
 )
 from relay.store.checkpoint import Checkpointer
 from relay.store.groupcommit import GroupCommit
@@ -72,6 +76,33 @@ ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
 }
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
+
+# What a worker may claim, as SQL over `d`, a pending delivery of :target: nothing while the
+# target is paused (a constant subquery, evaluated once), and of an ordering key only the
+# oldest pending delivery. Deliveries held behind an older one of their key wait at HELD_AT,
+# past every due time, so the scan of the due index never walks them; this guard keeps the
+# order even where a delivery was made due beside an older one (a replay).
+CLAIMABLE = (
+    "NOT EXISTS (SELECT 1 FROM targets WHERE name = :target AND paused_at IS NOT NULL)"
+    " AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o"
+    " INDEXED BY deliveries_order WHERE o.state = 'pending' AND o.target = :target"
+    " AND o.order_key = d.order_key AND o.id < d.id))"
+)
+# A delivery with a key waits while another of its target and key is pending.
+ORDERED_INSERT = (
+    "INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at, order_key)"
+    " VALUES (:pk, :target, 'pending', CASE WHEN EXISTS (SELECT 1 FROM deliveries"
+    " INDEXED BY deliveries_order WHERE state = 'pending' AND target = :target"
+    " AND order_key = :key) THEN :held ELSE :now END, :now, :key)"
+)
+# A delivery with a key is settled: the oldest pending one of its key is due now, if held.
+RELEASE_NEXT = (
+    "UPDATE deliveries SET next_attempt_at = :now, updated_at = :now"
+    " WHERE next_attempt_at = :held AND id = (SELECT MIN(n.id) FROM deliveries s"
+    " JOIN deliveries n INDEXED BY deliveries_order"
+    " ON n.target = s.target AND n.order_key = s.order_key AND n.state = 'pending'"
+    " WHERE s.id = :settled)"
+)
 
 
 class SqliteStore:
@@ -239,7 +270,7 @@ class SqliteStore:
             raise StoreError(f"store {self.path.name} is not open")
         return self._db
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         return self._view(lambda db: db.execute(sql, params).fetchall())
 
     def _view(self, read: Callable[[sqlite3.Connection], T]) -> T:
@@ -252,7 +283,9 @@ class SqliteStore:
 
     # -- ingest ----------------------------------------------------------------------------
 
-    async def ingest(self, event: Event, targets: Sequence[str]) -> IngestResult:
+    async def ingest(
+        self, event: Event, targets: Sequence[str], keys: Mapping[str, str] | None = None
+    ) -> IngestResult:
         now = self._clock()
         headers = jsoncodec.dumps_compact(dict(event.headers))
 
@@ -277,6 +310,9 @@ class SqliteStore:
             if not targets:
                 return IngestResult(duplicate=False, deliveries=0)
             event_pk = cur.lastrowid
+            if keys:
+                cur.executemany(ORDERED_INSERT, [_keyed(event_pk, t, keys, now) for t in targets])
+                return IngestResult(duplicate=False, deliveries=len(targets))
             cur.executemany(
                 "INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at)"
                 " VALUES (?, ?, 'pending', ?, ?)",
@@ -297,10 +333,10 @@ class SqliteStore:
                 "UPDATE deliveries SET attempts = attempts + 1,"
                 " first_attempt_at = COALESCE(first_attempt_at, :now),"
                 " lease_until = :until, updated_at = :now"
-                " WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending'"
+                " WHERE id IN (SELECT id FROM deliveries d WHERE state = 'pending'"
                 "   AND target = :target AND next_attempt_at <= :now AND lease_until <= :now"
-                "   ORDER BY next_attempt_at LIMIT :limit)"
-                " RETURNING id, event_pk, attempts, first_attempt_at",
+                f"  AND {CLAIMABLE} ORDER BY next_attempt_at LIMIT :limit)"
+                " RETURNING id, event_pk, attempts, first_attempt_at, order_key",
                 {"now": now, "until": now + lease_s, "target": target, "limit": limit},
             ).fetchall()
 
@@ -312,13 +348,16 @@ class SqliteStore:
             return []
         events = self._events({row[1] for row in claimed})
         deliveries, unreadable = [], []
-        for delivery_id, event_pk, attempt, first_attempt_at in sorted(claimed):
+        for delivery_id, event_pk, attempt, first_attempt_at, key in sorted(claimed):
             event = events.get(event_pk, "the event is missing")
             if isinstance(event, str):
                 error = f"the stored event cannot be read: {event}"
-                unreadable.append(AttemptResult(delivery_id, "dead", error=error, attempt=attempt))
+                keyed = key is not None
+                unreadable.append(
+                    AttemptResult(delivery_id, "dead", error=error, attempt=attempt, keyed=keyed)
+                )
                 continue
-            deliveries.append(Delivery(delivery_id, target, attempt, first_attempt_at, event))
+            deliveries.append(Delivery(delivery_id, target, attempt, first_attempt_at, event, key))
         if unreadable:  # dead, or every claim would trip on them again
             await self.record(unreadable)
         return deliveries
@@ -365,6 +404,11 @@ class SqliteStore:
             )
             for r in results
         ]
+        settled_keyed = [
+            {"now": now, "held": HELD_AT, "settled": r.delivery_id}
+            for r in results
+            if r.keyed and r.state != "pending"
+        ]
 
         def update(cur: sqlite3.Cursor) -> None:
             cur.executemany(
@@ -377,6 +421,8 @@ class SqliteStore:
                 " status, error, response, retry_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 attempts,
             )
+            if settled_keyed:
+                cur.executemany(RELEASE_NEXT, settled_keyed)
 
         await self._writes.submit(update)
 
@@ -394,13 +440,138 @@ class SqliteStore:
         await self._writes.submit(drop)
 
     async def next_due_at(self, target: str) -> float | None:
+        # The due index in order, past the few deliveries leased now (attempts in flight):
+        # a lease that runs out is found by the worker's poll, at most a second later.
         rows = self._read(
-            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries"
-            " WHERE state = 'pending' AND target = ?",
+            "SELECT next_attempt_at FROM deliveries d WHERE state = 'pending'"
+            f" AND target = :target AND lease_until <= :now AND {CLAIMABLE}"
+            " ORDER BY next_attempt_at LIMIT 1",
+            {"target": target, "now": self._clock()},
+        )
+        return float(rows[0][0]) if rows else None
+
+    async def forget_order_keys(self, target: str) -> int:
+        now = self._clock()
+
+        def forget(cur: sqlite3.Cursor) -> int:
+            held: int = cur.execute(
+                "UPDATE deliveries SET next_attempt_at = :now, updated_at = :now"
+                " WHERE state = 'pending' AND target = :target AND next_attempt_at = :held",
+                {"now": now, "target": target, "held": HELD_AT},
+            ).rowcount
+            cur.execute(
+                "UPDATE deliveries SET order_key = NULL"
+                " WHERE state = 'pending' AND target = ? AND order_key IS NOT NULL",
+                (target,),
+            )
+            return held
+
+        count: int = await self._writes.submit(forget)
+        return count
+
+    # -- target control --------------------------------------------------------------------
+
+    async def target_pause(self, target: str) -> TargetPause | None:
+        rows = self._read(
+            "SELECT paused_at, paused_reason FROM targets WHERE name = ? AND paused_at IS NOT NULL",
             (target,),
         )
-        value = rows[0][0]
-        return float(value) if value is not None else None
+        return TargetPause(rows[0][0], rows[0][1]) if rows else None
+
+    async def pause_target(self, target: str, reason: str) -> TargetPause:
+        now = self._clock()
+
+        def pause(cur: sqlite3.Cursor) -> TargetPause:
+            cur.execute(
+                "INSERT INTO targets (name, paused_at, paused_reason) VALUES (:target, :now, :why)"
+                " ON CONFLICT (name) DO UPDATE SET paused_at = :now, paused_reason = :why"
+                " WHERE paused_at IS NULL",
+                {"target": target, "now": now, "why": reason},
+            )
+            since, why = cur.execute(
+                "SELECT paused_at, paused_reason FROM targets WHERE name = ?", (target,)
+            ).fetchone()
+            return TargetPause(since, why)
+
+        pause_in_force: TargetPause = await self._writes.submit(pause)
+        return pause_in_force
+
+    async def resume_target(self, target: str) -> TargetPause | None:
+        now = self._clock()
+
+        def resume(cur: sqlite3.Cursor) -> TargetPause | None:
+            row = cur.execute(
+                "SELECT paused_at, paused_reason FROM targets"
+                " WHERE name = ? AND paused_at IS NOT NULL",
+                (target,),
+            ).fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = ?",
+                (target,),
+            )
+            cur.execute(  # the pause does not count toward max_elapsed
+                "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
+                " WHERE state = 'pending' AND target = :target AND first_attempt_at IS NOT NULL",
+                {"paused_s": max(0.0, now - row[0]), "target": target},
+            )
+            return TargetPause(row[0], row[1])
+
+        ended: TargetPause | None = await self._writes.submit(resume)
+        return ended
+
+    async def note_activity(self, target: str, activity: TargetActivity) -> None:
+        values = (target, activity.last_success_at, activity.last_error_at, activity.last_error)
+
+        def note(cur: sqlite3.Cursor) -> None:
+            cur.execute(
+                "INSERT INTO targets (name, last_success_at, last_error_at, last_error)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " last_success_at = COALESCE(excluded.last_success_at, last_success_at),"
+                " last_error_at = COALESCE(excluded.last_error_at, last_error_at),"
+                " last_error = COALESCE(excluded.last_error, last_error)",
+                values,
+            )
+
+        await self._writes.submit(note)
+
+    async def target_statuses(self) -> list[TargetStatus]:
+        pending = {
+            target: (count, oldest_id)
+            for target, count, oldest_id in self._read(
+                "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
+                " WHERE state = 'pending' GROUP BY target"
+            )
+        }
+        oldest = _received_at_of(self._read, [oldest_id for _, oldest_id in pending.values()])
+        dead = dict(
+            self._read(
+                "SELECT target, COUNT(*) FROM deliveries WHERE state = 'dead' GROUP BY target"
+            )
+        )
+        stored = {
+            row[0]: row[1:]
+            for row in self._read(
+                "SELECT name, paused_at, paused_reason, last_success_at, last_error_at,"
+                " last_error FROM targets"
+            )
+        }
+        statuses = []
+        for name in sorted({*pending, *dead, *stored}):
+            count, oldest_id = pending.get(name, (0, None))
+            paused_at, reason, success_at, error_at, error = stored.get(name, (None,) * 5)
+            statuses.append(
+                TargetStatus(
+                    name=name,
+                    pause=TargetPause(paused_at, reason) if paused_at is not None else None,
+                    pending=count,
+                    dead=dead.get(name, 0),
+                    oldest_pending_at=oldest.get(oldest_id) if oldest_id is not None else None,
+                    activity=TargetActivity(success_at, error_at, error),
+                )
+            )
+        return statuses
 
     # -- operator views --------------------------------------------------------------------
 
@@ -421,16 +592,23 @@ class SqliteStore:
 
     async def replay(self, delivery_ids: Sequence[int] | None = None) -> int:
         now = self._clock()
+        # A delivery with a key waits behind any pending one of its key, and goes next.
         sql = (
             "UPDATE deliveries SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
-            " next_attempt_at = ?, lease_until = 0, updated_at = ? WHERE state = 'dead'"
+            " next_attempt_at = CASE WHEN order_key IS NOT NULL AND EXISTS (SELECT 1"
+            " FROM deliveries o INDEXED BY deliveries_order WHERE o.state = 'pending'"
+            " AND o.target = deliveries.target AND o.order_key = deliveries.order_key)"
+            " THEN :held ELSE :now END,"
+            " lease_until = 0, updated_at = :now WHERE state = 'dead'"
         )
+        times = {"now": now, "held": HELD_AT}
 
         def revive(cur: sqlite3.Cursor) -> int:
             if delivery_ids is None:
-                return cur.execute(sql, (now, now)).rowcount
+                return cur.execute(sql, times).rowcount
             return sum(
-                cur.execute(f"{sql} AND id = ?", (now, now, i)).rowcount for i in delivery_ids
+                cur.execute(f"{sql} AND id = :id", {**times, "id": i}).rowcount
+                for i in delivery_ids
             )
 
         count: int = await self._writes.submit(revive)
@@ -486,6 +664,28 @@ def _event_from_row(row: Sequence[Any]) -> Event:
         data_key=data_key,
         created_at=created_at,
     )
+
+
+def _keyed(
+    event_pk: int | None, target: str, keys: Mapping[str, str], now: float
+) -> dict[str, Any]:
+    """The parameters of ORDERED_INSERT for one delivery (no key: unordered)."""
+    return {"pk": event_pk, "target": target, "key": keys.get(target), "now": now, "held": HELD_AT}
+
+
+def _received_at_of(
+    read: Callable[[str, Sequence[Any]], list[Any]], delivery_ids: Sequence[int]
+) -> dict[int, float]:
+    """When relay received the events of these deliveries, by delivery id."""
+    if not delivery_ids:
+        return {}
+    marks = ",".join("?" * len(delivery_ids))
+    rows = read(
+        "SELECT d.id, e.received_at FROM deliveries d JOIN events e ON e.pk = d.event_pk"
+        f" WHERE d.id IN ({marks})",
+        list(delivery_ids),
+    )
+    return {delivery_id: received_at for delivery_id, received_at in rows}
 
 
 def _side_files(path: Path) -> dict[Path, FileIdentity]:

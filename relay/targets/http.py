@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import partial
 from typing import Literal
 
 import aiohttp
@@ -17,12 +18,12 @@ from pydantic import Field, field_validator
 
 from relay import __version__
 from relay.errors import RenderError
-from relay.events import Delivery, Failed, Outcome, Retry, template_context
+from relay.events import Delivered, Delivery, Failed, Outcome, Retry, template_context
 from relay.fields import SENSITIVE_HEADER, Duration, HeaderName, error
 from relay.ratelimit import RateLimiter
 from relay.render import CompiledTemplate
-from relay.retry import RetryPolicy, classify_status
-from relay.shared_config import BodyTargetModel, RetryConfig, SignConfig
+from relay.retry import RetryPolicy, classify_status, gone_as
+from relay.shared_config import BodyTargetModel, OnGone, RetryConfig, SignConfig
 from relay.signing import HeaderSigner, build_signer
 from relay.targets.base import (
     BodyRenderer,
@@ -56,6 +57,9 @@ class HttpTargetConfig(BodyTargetModel):
     """Sign each request: hmac-sha256 or standard-webhooks."""
     retry: RetryConfig = RetryConfig()
     """Retries with backoff, within max_elapsed."""
+    on_gone: OnGone = "pause"
+    """What a 410 Gone answer does: pause the target, keeping its deliveries until `relay
+    targets resume`, or make that delivery dead."""
 
     @field_validator("method")
     @classmethod
@@ -218,17 +222,15 @@ class HttpTarget:
         return None
 
 
-def classify_http(status: int, text: str, retry_after: str | None, now: float) -> Outcome:
+def classify_http(
+    status: int, text: str, retry_after: str | None, now: float, on_gone: OnGone = "pause"
+) -> Outcome:
     """The generic rule, with the start of the answer in the reason a person reads."""
     outcome = classify_status(status, retry_after, now)
     snippet = " ".join(text.split())[:ERROR_SNIPPET_CHARS]
-    if not snippet:
-        return outcome
-    if isinstance(outcome, Retry):
-        return Retry(f"{outcome.reason}: {snippet}", outcome.status, outcome.after_s)
-    if isinstance(outcome, Failed):
-        return Failed(f"{outcome.reason}: {snippet}", outcome.status)
-    return outcome
+    if snippet and not isinstance(outcome, Delivered):
+        outcome = replace(outcome, reason=f"{outcome.reason}: {snippet}")
+    return gone_as(outcome, on_gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,4 +285,5 @@ def plan_http_target(name: str, target: HttpTargetConfig) -> HttpPlan:
         target.concurrency,
         RetryPolicy.from_config(target.retry),
         target.max_per_second,
+        partial(classify_http, on_gone=target.on_gone),
     )

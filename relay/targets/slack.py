@@ -2,7 +2,9 @@
 
 Slack answers `ok`, or a plain-text error word (`invalid_payload`, `channel_not_found`, ...)
 with a 4xx: those fail at once with the word in the reason; 429 waits for Retry-After, 5xx and
-connection errors retry. Sends are spaced to Slack's one message per second by default.
+connection errors retry. 410 (`channel_is_archived`) is gone: every later message would fail
+the same way until someone unarchives the channel, so the target pauses (`on_gone`), as any
+target does. Sends are spaced to Slack's one message per second by default.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from relay.addresses import check_url_origin, split_url
 from relay.errors import RenderError
-from relay.events import Delivered, Failed, Outcome, Retry
+from relay.events import Delivered, Failed, Gone, Outcome, Retry
 from relay.fields import Duration, error
 from relay.filters import clip
-from relay.retry import RetryPolicy, parse_retry_after
-from relay.shared_config import BodyTargetModel, RetryConfig
+from relay.retry import GONE, RetryPolicy, gone_as, parse_retry_after
+from relay.shared_config import BodyTargetModel, OnGone, RetryConfig
 from relay.targets.base import body_renderer
 from relay.targets.http import HttpPlan, HttpRequestBuilder
 
@@ -38,6 +41,9 @@ class SlackTargetConfig(BodyTargetModel):
     """Messages a second at most (Slack's limit is 1)."""
     retry: RetryConfig = RetryConfig()
     """Retries with backoff, within max_elapsed."""
+    on_gone: OnGone = "pause"
+    """What Slack's 410 (channel_is_archived) does: pause the target, keeping its messages
+    until `relay targets resume`, or make that message dead."""
 
     @field_validator("url")
     @classmethod
@@ -87,7 +93,9 @@ def check_message(body: bytes) -> bytes:
     return body
 
 
-def classify_slack(status: int, text: str, retry_after: str | None, now: float) -> Outcome:
+def classify_slack(
+    status: int, text: str, retry_after: str | None, now: float, on_gone: OnGone = "pause"
+) -> Outcome:
     word = text.strip()[:100] or f"HTTP {status}"
     if 200 <= status < 300:
         return Delivered(status)
@@ -95,6 +103,8 @@ def classify_slack(status: int, text: str, retry_after: str | None, now: float) 
         return Retry(f"slack: rate limited ({word})", status, parse_retry_after(retry_after, now))
     if 500 <= status < 600:
         return Retry(f"slack: HTTP {status} {word}", status, parse_retry_after(retry_after, now))
+    if status == GONE:
+        return gone_as(Gone(f"slack: {word} (HTTP {status})", status), on_gone)
     return Failed(f"slack: {word} (HTTP {status})", status)
 
 
@@ -108,5 +118,5 @@ def plan_slack_target(name: str, target: SlackTargetConfig) -> HttpPlan:
         concurrency=1,
         policy=RetryPolicy.from_config(target.retry),
         max_per_second=target.max_per_second,
-        classify=classify_slack,
+        classify=partial(classify_slack, on_gone=target.on_gone),
     )
