@@ -23,8 +23,9 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import SecretStr
 
-from relay.api import ENDPOINTS, Endpoint, json_answer
+from relay.api import Endpoint, json_answer
 from relay.app import DAEMON, Daemon
+from relay.endpoints import ENDPOINTS
 from relay.errors import StoreError
 from relay.inbound import error_response
 from relay.store.base import Store

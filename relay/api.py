@@ -5,7 +5,8 @@ JSON object; it refuses with `InboundError(reason, status)`. Its parameters, fro
 (`/api/deliveries/{id}`) and the query string, are a closed model (a `Params` subclass): an
 unknown, repeated or invalid one is answered 400 naming it, before the function runs. A
 StoreError is answered 503, anything else 500 (logged with its traceback); every answer is
-JSON. The admin listener (`relay.admin`) serves ENDPOINTS behind its token check. To add one:
+JSON. The admin listener (`relay.admin`) serves the ENDPOINTS of `relay.endpoints` behind its
+token check. To add one there:
 
     class TargetName(Params):
         name: str
@@ -20,23 +21,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from relay.app import Daemon
 from relay.errors import InboundError, StoreError
-from relay.fields import Duration, Model
+from relay.fields import Model
 from relay.inbound import error_response
-from relay.listing import delivery_fields, detail_fields
-from relay.redaction import redacted_config
-from relay.store.base import DeliveryFilter, DeliveryState
 
 log = logging.getLogger("relay.admin")
 
@@ -122,68 +119,3 @@ def _json_bytes(value: JsonObject) -> bytes:
         return orjson.dumps(value)
     except TypeError:  # text orjson cannot encode as UTF-8 (a lone surrogate): \u-escaped
         return json.dumps(value).encode()
-
-
-# -- endpoints ------------------------------------------------------------------------------
-
-
-class DeliveriesParams(Params):
-    state: DeliveryState | None = None
-    """Only deliveries in this state (default: any)."""
-    target: str | None = None
-    """Only deliveries to this target."""
-    source: str | None = None
-    """Only deliveries of events from this source."""
-    type: str | None = None
-    """Only events whose type matches this glob, e.g. CASE_*."""
-    event: str | None = None
-    """Only deliveries of the event with this id."""
-    since: Duration | None = None
-    """Only events received within this long, e.g. 1h."""
-    before: int | None = Field(default=None, ge=1)
-    """The next page: deliveries older than this delivery id."""
-    limit: int = Field(default=50, ge=1, le=1000)
-    """At most this many, newest first."""
-
-
-async def list_deliveries(call: Call[DeliveriesParams]) -> JsonObject:
-    """The newest deliveries that match (what `relay deliveries list` shows); ids, types and
-    errors come from outside and are redacted like everything relay shows."""
-    params = call.params
-    where = DeliveryFilter(
-        target=params.target,
-        source=params.source,
-        type_glob=params.type,
-        event_id=params.event,
-        since=None if params.since is None else time.time() - params.since.total_seconds(),
-    )
-    records = await call.daemon.store.deliveries(
-        params.state, params.limit, where=where, before_id=params.before
-    )
-    redact, targets = call.daemon.redactor(), call.daemon.config.targets
-    return {"deliveries": [delivery_fields(record, redact, targets) for record in records]}
-
-
-class DeliveryId(Params):
-    id: int = Field(ge=1)
-    """The delivery's id."""
-
-
-async def show_delivery(call: Call[DeliveryId]) -> JsonObject:
-    """One delivery, its event (credential headers redacted) and every attempt."""
-    detail = await call.daemon.store.delivery(call.params.id)
-    if detail is None:
-        raise InboundError(f"no delivery {call.params.id}", 404)
-    return detail_fields(detail, call.daemon.redactor(), call.daemon.config.targets)
-
-
-async def show_config(call: Call[Params]) -> JsonObject:
-    """The running config (the last one loaded), every credential redacted."""
-    return redacted_config(call.daemon.config, call.daemon.redactor())
-
-
-ENDPOINTS: tuple[Endpoint[Any], ...] = (
-    Endpoint("GET", "/api/deliveries", list_deliveries, DeliveriesParams),
-    Endpoint("GET", "/api/deliveries/{id}", show_delivery, DeliveryId),
-    Endpoint("GET", "/api/config", show_config, Params),
-)

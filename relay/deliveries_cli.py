@@ -2,8 +2,9 @@
 the store calls behind them. What they print is relay.listing's.
 
 They open the store as a reader beside a running daemon (`daemon=False`): SQLite lets both
-use the file, and a replay revives REPLAY_PAGE deliveries per transaction, so the daemon's own
-writes never wait long behind it. The daemon claims replayed deliveries within a second.
+use the file, and a replay revives a page of deliveries per transaction (relay.replaying), so
+the daemon's own writes never wait long behind it. The daemon claims replayed deliveries
+within a second.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import AsyncIterator, Container
+from collections.abc import Container
 from pathlib import Path
 
 from relay.config import Config
@@ -25,11 +26,11 @@ from relay.listing import (
     waiting_note,
 )
 from relay.redaction import Redactor, config_secrets
+from relay.replaying import dead_pages
 from relay.store import open_store
 from relay.store.base import DeliveryFilter, DeliveryRecord, Store
 
 LIST_LIMIT = 50
-REPLAY_PAGE = 500  # dead deliveries revived per store transaction
 STATES = ("pending", "delivered", "dead")
 
 
@@ -222,13 +223,16 @@ class Command:
 
     async def replay(self) -> int:
         dry_run, count = self.args.dry_run, 0
-        async for page in self._dead_pages(self.where()):
+        skipped: list[str] = []
+        async for page in dead_pages(self.store, self.where(), self.args.ids, skipped):
             if dry_run:
                 for record in page:
                     self._print(record)
                 count += len(page)
             else:
                 count += await self.store.replay([record.id for record in page])
+        for note in skipped:
+            print(note, file=sys.stderr)
         summary = sys.stderr if self.args.json else sys.stdout  # stdout: JSON lines alone
         if dry_run:
             print(
@@ -238,34 +242,3 @@ class Command:
         else:
             print(f"{count} dead deliveries are pending again", file=summary)
         return 0
-
-    async def _dead_pages(self, where: DeliveryFilter) -> AsyncIterator[list[DeliveryRecord]]:
-        """The dead deliveries to replay, newest first, REPLAY_PAGE at a time."""
-        if self.args.ids:
-            yield await self._dead_of_ids(self.args.ids)
-            return
-        before_id = None
-        while True:
-            page = await self.store.deliveries(
-                "dead", REPLAY_PAGE, where=where, before_id=before_id
-            )
-            if page:
-                yield page
-            if len(page) < REPLAY_PAGE:
-                return
-            before_id = page[-1].id
-
-    async def _dead_of_ids(self, ids: list[int]) -> list[DeliveryRecord]:
-        """The dead ones of `ids`; each of the others is named on stderr, and left as it is."""
-        where = DeliveryFilter(delivery_ids=frozenset(ids))
-        records = {r.id: r for r in await self.store.deliveries(None, len(ids), where=where)}
-        for delivery_id in dict.fromkeys(ids):
-            record = records.get(delivery_id)
-            if record is None:
-                print(f"no delivery {delivery_id}", file=sys.stderr)
-            elif record.state != "dead":
-                print(
-                    f"delivery {delivery_id} is {record.state}, not dead: left as it is",
-                    file=sys.stderr,
-                )
-        return [record for record in records.values() if record.state == "dead"]

@@ -16,7 +16,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from relay.admin import create_admin_app, store_problem
-from relay.api import ENDPOINTS, Call, Endpoint, JsonObject, Params
+from relay.api import Call, Endpoint, JsonObject, Params
+from relay.endpoints import ENDPOINTS
 from relay.errors import InboundError, StoreError
 from relay.store.sqlite import SqliteStore
 from tests.conftest import ConfigWriter, Relay, RelayTestServer, StartRelay

@@ -327,7 +327,7 @@ async def test_replay_is_also_relay_replay_with_its_flags(setup: Setup, cli: Cli
 async def test_replay_pages_through_more_dead_deliveries_than_one_transaction_takes(
     setup: Setup, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("relay.deliveries_cli.REPLAY_PAGE", 2)
+    monkeypatch.setattr("relay.replaying.REPLAY_PAGE", 2)
     await post_events(setup)
     ran = await cli("replay", "-c", str(setup.path), "--state", "dead")
     assert ran.out == "3 dead deliveries are pending again\n"
