@@ -12,10 +12,10 @@ configured leaves its pending deliveries in the store until a target of its name
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import (
     Awaitable,
     Callable,
@@ -29,7 +29,7 @@ from typing import Any
 
 from relay.errors import StoreError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry
-from relay.metrics import Metrics
+from relay.metrics import Metrics, TargetMetrics
 from relay.redaction import NOTHING_TO_REDACT, Redactor
 from relay.retry import GiveUp
 from relay.store.base import AttemptResult, Store
@@ -66,14 +66,7 @@ class TargetWorker:
         self._in_flight_count = 0  # deliveries, not tasks
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_target = target if isinstance(target, BatchTarget) else None
-        self._counters = {  # by the state recorded: a pending result is a retry
-            state: metrics.attempts.labels(target.name, result)
-            for state, result in (
-                ("delivered", "delivered"),
-                ("pending", "retry"),
-                ("dead", "dead"),
-            )
-        }
+        self._metrics = TargetMetrics(metrics, target.name)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self.run(), name=f"worker:{self.target.name}")
@@ -145,33 +138,51 @@ class TargetWorker:
         self._wake.clear()
 
     async def _attempt(self, target: Target, delivery: Delivery) -> None:
+        started = time.monotonic()
         try:
             outcome = await target.send(delivery)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception("target %s: event %s: unexpected error", target.name, delivery.event.id)
+            log.exception(
+                "target %s: event %s: unexpected error",
+                target.name,
+                delivery.event.id,
+                extra=_fields(delivery),
+            )
             outcome = Retry(f"internal error: {exc!r}")
-        await self._record(target, (delivery,), (outcome,))
+        await self._record(target, (delivery,), (outcome,), _ms_since(started))
 
     async def _attempt_batch(self, target: BatchTarget, deliveries: Sequence[Delivery]) -> None:
+        started = time.monotonic()
         try:
             outcomes: Sequence[Outcome] = await target.send_batch(deliveries)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception("target %s: %d events: unexpected error", target.name, len(deliveries))
+            log.exception(
+                "target %s: %d events: unexpected error",
+                target.name,
+                len(deliveries),
+                extra={"target": target.name},
+            )
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
-        await self._record(target, deliveries, outcomes)
+        await self._record(target, deliveries, outcomes, _ms_since(started))
 
     async def _record(
-        self, target: Target, deliveries: Sequence[Delivery], outcomes: Sequence[Outcome]
+        self,
+        target: Target,
+        deliveries: Sequence[Delivery],
+        outcomes: Sequence[Outcome],
+        duration_ms: float,
     ) -> None:
         """Count and record the outcomes of one attempt or one group, in one store write;
-        `target` made the attempt, and its retry policy decides what comes next.
+        `target` made the attempt (in `duration_ms`), and its retry policy decides what comes
+        next.
 
         If that fails, the leases are dropped so the deliveries are due again at once rather
         than when their leases expire (a delivered one may then be sent twice: at least once).
         """
         try:
             results = [
-                self._result(target, d, o) for d, o in zip(deliveries, outcomes, strict=True)
+                self._result(target, d, o, duration_ms)
+                for d, o in zip(deliveries, outcomes, strict=True)
             ]
             await self._store.record(results)
         except Exception as exc:
@@ -186,13 +197,23 @@ class TargetWorker:
             with contextlib.suppress(Exception):  # the store is failing: the leases expire
                 await self._store.release(ids)
             return
-        for state, count in collections.Counter(r.state for r in results).items():
-            self._counters[state].inc(count)
+        self._metrics.count(deliveries, outcomes, results, self._clock())
 
-    def _result(self, target: Target, delivery: Delivery, outcome: Outcome) -> AttemptResult:
-        """What to record for this outcome: delivered, dead, or pending until the next try."""
+    def _result(
+        self, target: Target, delivery: Delivery, outcome: Outcome, duration_ms: float
+    ) -> AttemptResult:
+        """What to record for this outcome: delivered (a debug line), or pending until the
+        next try or dead (a warning line each)."""
         name, event_id = target.name, delivery.event.id
         if isinstance(outcome, Delivered):
+            if log.isEnabledFor(logging.DEBUG):  # no log record per delivery otherwise
+                log.debug(
+                    "target %s: event %s delivered (attempt %d)",
+                    name,
+                    event_id,
+                    delivery.attempt,
+                    extra=_fields(delivery, outcome.status, duration_ms, result="delivered"),
+                )
             return AttemptResult(delivery.id, "delivered", status=outcome.status)
         if isinstance(outcome, Failed):
             reason, status = outcome.reason, outcome.status
@@ -201,13 +222,14 @@ class TargetWorker:
                 outcome, delivery.attempt, delivery.first_attempt_at, self._clock(), self._rng
             )
             if not isinstance(decision, GiveUp):
-                log.info(
+                log.warning(
                     "target %s: event %s attempt %d: %s; retrying in %.1fs",
                     name,
                     event_id,
                     delivery.attempt,
                     outcome.reason,
                     decision.at - self._clock(),
+                    extra=_fields(delivery, outcome.status, duration_ms, outcome.reason, "retry"),
                 )
                 return AttemptResult(
                     delivery.id,
@@ -217,7 +239,13 @@ class TargetWorker:
                     error=self._clean(outcome.reason),
                 )
             reason, status = decision.reason, outcome.status
-        log.warning("target %s: event %s is dead: %s", name, event_id, reason)
+        log.warning(
+            "target %s: event %s is dead: %s",
+            name,
+            event_id,
+            reason,
+            extra=_fields(delivery, status, duration_ms, reason, "dead"),
+        )
         return AttemptResult(delivery.id, "dead", status=status, error=self._clean(reason))
 
     def _clean(self, reason: str) -> str:
@@ -254,6 +282,31 @@ class TargetWorker:
             await asyncio.gather(*still_running, return_exceptions=True)
             with contextlib.suppress(StoreError):
                 await self._store.release(unfinished)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def _fields(
+    delivery: Delivery,
+    status: int | None = None,
+    duration_ms: float | None = None,
+    reason: str | None = None,
+    result: str | None = None,
+) -> dict[str, object]:
+    """An attempt's fields for structured log lines (None: not shown)."""
+    return {
+        "event_id": delivery.event.id,
+        "source": delivery.event.source,
+        "target": delivery.target,
+        "delivery_id": delivery.id,
+        "attempt": delivery.attempt,
+        "status": status,
+        "duration_ms": duration_ms,
+        "reason": reason,
+        "result": result,
+    }
 
 
 class Dispatcher:

@@ -24,13 +24,18 @@ class ConfigError(RelayError):
 
 
 class InboundError(RelayError):
-    """A request is refused with `status`; the message is sent back to the sender."""
+    """A request is refused with `status`; the message is sent back to the sender.
+
+    `kind` names the refusal in metrics where the status alone does not (two kinds of 400);
+    relay.inbound keeps the list.
+    """
 
     status = 400
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, status: int | None = None, kind: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         if status is not None:
             self.status = status
 

@@ -38,6 +38,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE events ADD COLUMN created_at REAL;",
     # Retention reads and deletes an event's deliveries by event.
     "CREATE INDEX deliveries_event ON deliveries (event_pk);",
+    # The dead gauge counts them per target; ingest writes only pending rows, so never this.
+    "CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';",
 )
 
 

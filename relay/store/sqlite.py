@@ -38,6 +38,7 @@ from relay.store.base import (
     DeliveryState,
     IngestResult,
     RetentionPolicy,
+    TargetStats,
 )
 from relay.store.checkpoint import Checkpointer
 from relay.store.groupcommit import GroupCommit
@@ -59,6 +60,16 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to thi
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
+# Per target, from the partial indexes alone (covering: no table row is read). The pending
+# index holds each delivery's id, and ids grow with arrival: the smallest is the oldest.
+PENDING_BY_TARGET = (
+    "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
+    " WHERE state = 'pending' GROUP BY target"
+)
+DEAD_BY_TARGET = (
+    "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
+    " WHERE state = 'dead' GROUP BY target"
+)
 
 
 class SqliteStore:
@@ -409,6 +420,38 @@ class SqliteStore:
             " WHERE state = 'pending' GROUP BY target"
         )
         return {target: count for target, count in rows}
+
+    async def target_stats(self) -> dict[str, TargetStats]:
+        self._health.check()
+        try:
+            return await asyncio.to_thread(self._target_stats)
+        except sqlite3.Error as exc:
+            raise self._health.error_from(exc) from exc
+
+    def _target_stats(self) -> dict[str, TargetStats]:
+        """In a thread, on a read-only connection of its own: in WAL mode a reader waits for
+        no writer, and SQLite counts without holding the GIL. 50 ms for 200,000 pending and
+        200,000 dead deliveries (docs/benchmarks.md)."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"  # never creates a file that is gone
+        with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as db:
+            db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            db.execute("BEGIN")  # one snapshot for every read
+            pending = db.execute(PENDING_BY_TARGET).fetchall()
+            dead = dict(db.execute(DEAD_BY_TARGET).fetchall())
+            oldest_ids = [oldest_id for _, _, oldest_id in pending]
+            marks = ",".join("?" * len(oldest_ids))
+            received = dict(
+                db.execute(
+                    "SELECT d.target, e.received_at FROM deliveries d"
+                    f" JOIN events e ON e.pk = d.event_pk WHERE d.id IN ({marks})",
+                    oldest_ids,
+                ).fetchall()
+            )
+            db.execute("COMMIT")
+        stats = {target: TargetStats(dead=count) for target, count in dead.items()}
+        for target, count, _ in pending:
+            stats[target] = TargetStats(count, dead.get(target, 0), received.get(target))
+        return stats
 
     # -- retention -------------------------------------------------------------------------
 
