@@ -10,6 +10,11 @@ RelayError
 
 from __future__ import annotations
 
+from typing import Literal
+
+# Refusals that their status alone does not name (relay.inbound names the others by status).
+RefusalKind = Literal["malformed_body", "invalid_json", "store_unavailable"]
+
 
 class RelayError(Exception):
     """Base of all errors relay raises on purpose."""
@@ -26,13 +31,15 @@ class ConfigError(RelayError):
 class InboundError(RelayError):
     """A request is refused with `status`; the message is sent back to the sender.
 
-    `kind` names the refusal in metrics where the status alone does not (two kinds of 400);
-    relay.inbound keeps the list.
+    `kind` names the refusal in metrics where its status alone does not (400 and 503 each
+    stand for more than one).
     """
 
     status = 400
 
-    def __init__(self, reason: str, status: int | None = None, kind: str | None = None) -> None:
+    def __init__(
+        self, reason: str, status: int | None = None, kind: RefusalKind | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.kind = kind

@@ -10,13 +10,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError
 
 from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
-from relay.errors import InboundError, StoreError
+from relay.errors import InboundError, RefusalKind, StoreError
 from relay.metrics import Metrics
 from relay.refusals import BodyAbandoned, describe_error
 from relay.router import Router
@@ -43,8 +44,7 @@ REFUSALS_BY_STATUS = {
     500: "internal_error",
     503: "over_capacity",  # relay's connection cap cut the body short
 }
-NAMED_REFUSALS = ("malformed_body", "invalid_json", "store_unavailable")
-INBOUND_RESULTS = ("accepted", "duplicate", *REFUSALS_BY_STATUS.values(), *NAMED_REFUSALS)
+INBOUND_RESULTS = ("accepted", "duplicate", *REFUSALS_BY_STATUS.values(), *get_args(RefusalKind))
 
 
 def refusal_result(error: InboundError) -> str:
