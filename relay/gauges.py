@@ -80,7 +80,7 @@ class TargetGauges:
             reading = stats.get(target, NOTHING)
             pending.add_metric([target], reading.pending)
             dead.add_metric([target], reading.dead)
-            received_at = reading.oldest_pending_received_at
+            received_at = reading.oldest_pending_at
             oldest.add_metric([target], 0.0 if received_at is None else max(0.0, now - received_at))
             paused.add_metric([target], 1.0 if reading.paused else 0.0)
         return iter(families)

@@ -44,8 +44,10 @@ class TargetStats:
 
     pending: int = 0
     dead: int = 0
-    oldest_pending_received_at: float | None = None  # arrival of the oldest pending one's event
-    paused: bool = False  # relay cannot pause a target yet: the store that can sets it
+    oldest_pending_at: float | None = None  # when relay received the oldest pending one's event
+    # The hook for pausing: relay cannot pause a target yet. A store that can sets it here,
+    # and lists a paused target even when it holds no delivery.
+    paused: bool = False
 
 
 @dataclass(slots=True)

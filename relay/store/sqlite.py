@@ -430,7 +430,7 @@ class SqliteStore:
 
     def _target_stats(self) -> dict[str, TargetStats]:
         """In a thread, on a read-only connection of its own: in WAL mode a reader waits for
-        no writer, and SQLite counts without holding the GIL. 50 ms for 200,000 pending and
+        no writer, and SQLite counts without holding the GIL. 50-70 ms for 200,000 pending and
         200,000 dead deliveries (docs/benchmarks.md)."""
         uri = f"{self.path.resolve().as_uri()}?mode=ro"  # never creates a file that is gone
         with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as db:
