@@ -5,7 +5,7 @@ app (`relay.admin`) is a view of the same daemon.
 
 Compiling is pure (`relay.compiled`); every resource is then opened in a cleanup context of
 its own, in order, and closed in reverse: the HTTP client session, the store, the targets
-bound to them, the delivery workers, the retention purger.
+bound to them, the delivery workers, the retention purger, the timer of the target gauges.
 
 `Daemon.reload` runs a new config file in place of the running one (`relay run` does on
 SIGHUP): loaded and compiled completely first, then swapped in one step, or not at all.
@@ -30,6 +30,7 @@ from relay.compiled import CompiledConfig, compile_config
 from relay.config import Config
 from relay.delivery import SHUTDOWN_GRACE_S, Dispatcher
 from relay.errors import ConfigError, StoreError
+from relay.gauges import GAUGE_INTERVAL_S, TargetGauges
 from relay.inbound import Ingest
 from relay.loading import load_config
 from relay.metrics import Metrics
@@ -58,11 +59,16 @@ class Daemon:
         out: TextIO,
         shutdown_grace_s: float,
         purge_interval_s: float,
+        gauge_interval_s: float = GAUGE_INTERVAL_S,
     ) -> None:
         self.compiled = compiled
         self.config = compiled.config
         self.store = open_store(self.config.store, clock)
         self.metrics = Metrics()
+        self.target_gauges = TargetGauges(
+            self.store, lambda: self.config.targets, clock, gauge_interval_s
+        )
+        self.metrics.registry.register(self.target_gauges)
         self._clock = clock
         self._rng = rng
         self._out = out
@@ -113,6 +119,7 @@ class Daemon:
             self._bind_targets,
             self._workers,
             self._retention,
+            self._gauges,
         ]
 
     async def _client_session(self, app: web.Application) -> AsyncIterator[None]:
@@ -157,6 +164,11 @@ class Daemon:
         purger.start()
         yield
         await purger.stop()
+
+    async def _gauges(self, app: web.Application) -> AsyncIterator[None]:
+        self.target_gauges.start()
+        yield
+        await self.target_gauges.stop()
 
     async def reload(self, path: Path) -> ReloadResult:
         """Run the config in `path` instead of the running one: loaded and compiled completely
@@ -275,12 +287,21 @@ async def create_app(
     out: TextIO | None = None,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     purge_interval_s: float = PURGE_INTERVAL_S,
+    gauge_interval_s: float = GAUGE_INTERVAL_S,
 ) -> web.Application:
     """Build the whole daemon as one aiohttp app; nothing is opened until it starts."""
     compiled = compile_config(config, clock)
     for warning in compiled.warnings:
         log.warning("%s", warning)
-    daemon = Daemon(compiled, clock, rng, out or sys.stdout, shutdown_grace_s, purge_interval_s)
+    daemon = Daemon(
+        compiled,
+        clock,
+        rng,
+        out or sys.stdout,
+        shutdown_grace_s,
+        purge_interval_s,
+        gauge_interval_s,
+    )
     app = web.Application(client_max_size=config.limits.max_body_bytes)
     app[STORE] = daemon.store
     app[DAEMON] = daemon

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -45,8 +46,11 @@ ADMIN_MAX_CONNECTIONS = 64  # probes, scrapers and operators: a cap of its own, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logs.configure(args.log_level, sys.stderr)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.log_format not in logs.LOG_FORMATS:  # from RELAY_LOG_FORMAT, which argparse trusts
+        parser.error(f"RELAY_LOG_FORMAT must be one of {', '.join(logs.LOG_FORMATS)}")
+    logs.configure(args.log_level, sys.stderr, args.log_format)
     command: int = args.command(args)
     return command
 
@@ -54,14 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="A webhook relay.")
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    _log_options(parser, top_level=True)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
+        _log_options(sub, top_level=False)
         return sub
 
     command("run", "Run the daemon.").set_defaults(command=run)
@@ -123,6 +126,23 @@ def _add_targets_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         action.add_argument(
             "-c", "--config", type=Path, default=argparse.SUPPRESS, help="the YAML config file"
         )
+
+
+def _log_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The logging options, before the command or after it (`relay run --log-format json`);
+    after it they default to nothing, so that a value given before it stays."""
+    parser.add_argument(
+        "--log-level",
+        default="info" if top_level else argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("RELAY_LOG_FORMAT", "text") if top_level else argparse.SUPPRESS,
+        choices=logs.LOG_FORMATS,
+        help="text for people, json for log pipelines: one object per line"
+        " (default: $RELAY_LOG_FORMAT, else text)",
+    )
 
 
 def print_schema(args: argparse.Namespace) -> int:

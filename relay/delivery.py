@@ -16,7 +16,6 @@ configured leaves its pending deliveries in the store until a target of its name
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -35,7 +34,7 @@ from typing import Any
 from relay.errors import StoreError
 from relay.events import Delivered, Delivery, Failed, Gone, Outcome, Retry
 from relay.history import note_attempt
-from relay.metrics import Metrics
+from relay.metrics import Metrics, TargetMetrics
 from relay.redaction import NOTHING_TO_REDACT, Redactor
 from relay.retry import GiveUp
 from relay.store.base import AttemptResult, Store, TargetActivity, TargetPause
@@ -79,14 +78,7 @@ class TargetWorker:
         # The last success and the last error since they were last written to the store.
         self._success_at: float | None = None
         self._error: tuple[float, str] | None = None
-        self._counters = {  # by the state recorded: a pending result is a retry
-            state: metrics.attempts.labels(target.name, result)
-            for state, result in (
-                ("delivered", "delivered"),
-                ("pending", "retry"),
-                ("dead", "dead"),
-            )
-        }
+        self._metrics = TargetMetrics(metrics, target.name)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self.run(), name=f"worker:{self.target.name}")
@@ -210,7 +202,12 @@ class TargetWorker:
         try:
             outcome = await target.send(delivery)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception("target %s: event %s: unexpected error", target.name, delivery.event.id)
+            log.exception(
+                "target %s: event %s: unexpected error",
+                target.name,
+                delivery.event.id,
+                extra=_fields(delivery),
+            )
             outcome = Retry(f"internal error: {exc!r}")
         took_s = time.perf_counter() - started
         await self._record(target, (delivery,), (outcome,), started_at, took_s)
@@ -220,7 +217,12 @@ class TargetWorker:
         try:
             outcomes: Sequence[Outcome] = await target.send_batch(deliveries)
         except Exception as exc:  # a bug in a target must not stop its worker
-            log.exception("target %s: %d events: unexpected error", target.name, len(deliveries))
+            log.exception(
+                "target %s: %d events: unexpected error",
+                target.name,
+                len(deliveries),
+                extra={"target": target.name},
+            )
             outcomes = [Retry(f"internal error: {exc!r}")] * len(deliveries)
         took_s = time.perf_counter() - started
         await self._record(target, deliveries, outcomes, started_at, took_s)
@@ -245,7 +247,8 @@ class TargetWorker:
             if gone is not None:  # before the record: nothing more is claimed for it
                 await self._pause_for(target, gone)
             results = [
-                self._result(target, d, o) for d, o in zip(deliveries, outcomes, strict=True)
+                self._result(target, d, o, took_s * 1000)
+                for d, o in zip(deliveries, outcomes, strict=True)
             ]
             for result, delivery, outcome in zip(results, deliveries, outcomes, strict=True):
                 note_attempt(result, delivery.attempt, outcome, started_at, took_s, self.redact)
@@ -262,8 +265,7 @@ class TargetWorker:
             with contextlib.suppress(Exception):  # the store is failing: the leases expire
                 await self._store.release(ids)
             return
-        for state, count in collections.Counter(r.state for r in results).items():
-            self._counters[state].inc(count)
+        self._metrics.count(deliveries, outcomes, results, self._clock())
         self._note(results)
 
     def _note(self, results: Sequence[AttemptResult]) -> None:
@@ -289,11 +291,22 @@ class TargetWorker:
             )
         self._pause = pause
 
-    def _result(self, target: Target, delivery: Delivery, outcome: Outcome) -> AttemptResult:
-        """What to record for this outcome: delivered, dead, or pending until the next try
-        (or, when the target is gone, until it is resumed)."""
+    def _result(
+        self, target: Target, delivery: Delivery, outcome: Outcome, duration_ms: float
+    ) -> AttemptResult:
+        """What to record for this outcome: delivered (a debug line), dead (a warning), or
+        pending until the next try (a warning) or, when the target is gone, until it is
+        resumed."""
         name, event_id, keyed = target.name, delivery.event.id, delivery.order_key is not None
         if isinstance(outcome, Delivered):
+            if log.isEnabledFor(logging.DEBUG):  # no log record per delivery otherwise
+                log.debug(
+                    "target %s: event %s delivered (attempt %d)",
+                    name,
+                    event_id,
+                    delivery.attempt,
+                    extra=_fields(delivery, outcome.status, duration_ms, result="delivered"),
+                )
             return AttemptResult(delivery.id, "delivered", status=outcome.status, keyed=keyed)
         if isinstance(outcome, Gone):  # the target is paused now (_record): due once resumed
             return AttemptResult(
@@ -311,13 +324,14 @@ class TargetWorker:
                 outcome, delivery.attempt, delivery.first_attempt_at, self._clock(), self._rng
             )
             if not isinstance(decision, GiveUp):
-                log.info(
+                log.warning(
                     "target %s: event %s attempt %d: %s; retrying in %.1fs",
                     name,
                     event_id,
                     delivery.attempt,
                     outcome.reason,
                     decision.at - self._clock(),
+                    extra=_fields(delivery, outcome.status, duration_ms, outcome.reason, "retry"),
                 )
                 return AttemptResult(
                     delivery.id,
@@ -328,7 +342,13 @@ class TargetWorker:
                     keyed=keyed,
                 )
             reason, status = decision.reason, outcome.status
-        log.warning("target %s: event %s is dead: %s", name, event_id, reason)
+        log.warning(
+            "target %s: event %s is dead: %s",
+            name,
+            event_id,
+            reason,
+            extra=_fields(delivery, status, duration_ms, reason, "dead"),
+        )
         error = self._clean(reason)
         return AttemptResult(delivery.id, "dead", status=status, error=error, keyed=keyed)
 
@@ -368,6 +388,27 @@ class TargetWorker:
             await asyncio.gather(*still_running, return_exceptions=True)
             with contextlib.suppress(StoreError):
                 await self._store.release(unfinished)
+
+
+def _fields(
+    delivery: Delivery,
+    status: int | None = None,
+    duration_ms: float | None = None,
+    reason: str | None = None,
+    result: str | None = None,
+) -> dict[str, object]:
+    """An attempt's fields for structured log lines (None: not shown)."""
+    return {
+        "event_id": delivery.event.id,
+        "source": delivery.event.source,
+        "target": delivery.target,
+        "delivery_id": delivery.id,
+        "attempt": delivery.attempt,
+        "status": status,
+        "duration_ms": duration_ms,
+        "reason": reason,
+        "result": result,
+    }
 
 
 class Dispatcher:

@@ -10,6 +10,11 @@ RelayError
 
 from __future__ import annotations
 
+from typing import Literal
+
+# Refusals that their status alone does not name (relay.inbound names the others by status).
+RefusalKind = Literal["malformed_body", "invalid_json", "store_unavailable"]
+
 
 class RelayError(Exception):
     """Base of all errors relay raises on purpose."""
@@ -24,13 +29,20 @@ class ConfigError(RelayError):
 
 
 class InboundError(RelayError):
-    """A request is refused with `status`; the message is sent back to the sender."""
+    """A request is refused with `status`; the message is sent back to the sender.
+
+    `kind` names the refusal in metrics where its status alone does not (400 and 503 each
+    stand for more than one).
+    """
 
     status = 400
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, status: int | None = None, kind: RefusalKind | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         if status is not None:
             self.status = status
 

@@ -10,13 +10,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError
 
 from relay import jsoncodec
 from relay.allowlist import Network, client_address, contains
-from relay.errors import InboundError, StoreError
+from relay.errors import InboundError, RefusalKind, StoreError
 from relay.metrics import Metrics
 from relay.ordering import NO_ORDERING, OrderKeys
 from relay.refusals import BodyAbandoned, describe_error
@@ -30,6 +31,29 @@ log = logging.getLogger("relay.inbound")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+# A refusal's `result` in relay_inbound_requests_total: a fixed set, never the free text.
+# By status, unless the raise names its kind (an InboundError's `kind`).
+REFUSALS_BY_STATUS = {
+    400: "invalid_event",  # the sender's reader or the id/type checks refused it
+    401: "signature",
+    403: "forbidden",
+    408: "body_timeout",
+    413: "too_large",
+    415: "unsupported_encoding",
+    499: "client_left",
+    500: "internal_error",
+    503: "over_capacity",  # relay's connection cap cut the body short
+}
+INBOUND_RESULTS = ("accepted", "duplicate", *REFUSALS_BY_STATUS.values(), *get_args(RefusalKind))
+
+
+def refusal_result(error: InboundError) -> str:
+    """The metric label for a refusal: one of INBOUND_RESULTS."""
+    if error.kind is not None:
+        return error.kind
+    fallback = "internal_error" if error.status >= 500 else "invalid_event"
+    return REFUSALS_BY_STATUS.get(error.status, fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,19 +124,31 @@ class Ingest:
         return await handler(request)
 
     def _handler(self, source: CompiledSource, router: Router, order_keys: OrderKeys) -> Handler:
-        accepted = self._metrics.requests.labels(source.name, "accepted")
-        duplicate = self._metrics.requests.labels(source.name, "duplicate")
+        # Every result counted from the start (at 0), so that alerts see each series begin.
+        counted = {r: self._metrics.requests.labels(source.name, r) for r in INBOUND_RESULTS}
+        accepted, duplicate = counted["accepted"], counted["duplicate"]
 
         async def handle(request: web.Request) -> web.Response:
             try:
                 response = await self._accept(source, router, order_keys, request)
             except InboundError as exc:
-                self._metrics.requests.labels(source.name, str(exc.status)).inc()
-                log.info("source %s: refused with %d: %s", source.name, exc.status, exc.reason)
+                result = refusal_result(exc)
+                counted[result].inc()
+                log.info(
+                    "source %s: refused with %d: %s",
+                    source.name,
+                    exc.status,
+                    exc.reason,
+                    extra=_refusal_fields(source.name, request, exc.status, exc.reason, result),
+                )
                 return error_response(exc.status, exc.reason)
             except Exception:  # a bug: answered as JSON, logged once with its traceback
-                self._metrics.requests.labels(source.name, "500").inc()
-                log.exception("source %s: unexpected error while handling a request", source.name)
+                counted["internal_error"].inc()
+                log.exception(
+                    "source %s: unexpected error while handling a request",
+                    source.name,
+                    extra=_refusal_fields(source.name, request, 500, None, "internal_error"),
+                )
                 return error_response(500, "relay failed to handle this request; see its log")
             (accepted if response.status == 202 else duplicate).inc()
             return response
@@ -130,7 +166,7 @@ class Ingest:
         try:
             payload = jsoncodec.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InboundError(f"body is not valid JSON: {exc}") from exc
+            raise InboundError(f"body is not valid JSON: {exc}", kind="invalid_json") from exc
         identity = source.read(source.name, payload, body, headers)
         problem = identifier_problem("id", identity.id) or identifier_problem("type", identity.type)
         if problem is not None:
@@ -143,13 +179,51 @@ class Ingest:
         try:
             result = await self._store.ingest(event, targets, keys)
         except StoreError as exc:
-            log.error("source %s: event %s not stored: %s", source.name, event.id, exc)
-            raise InboundError("relay cannot store the event right now; retry later", 503) from exc
+            log.error(
+                "source %s: event %s not stored: %s",
+                source.name,
+                event.id,
+                exc,
+                extra={"source": source.name, "event_id": event.id, "reason": str(exc)},
+            )
+            raise InboundError(
+                "relay cannot store the event right now; retry later", 503, "store_unavailable"
+            ) from exc
+        if log.isEnabledFor(logging.DEBUG):  # the hot path builds no log record otherwise
+            _log_accepted(source.name, event.id, result.duplicate, result.deliveries)
         if result.duplicate:
             return _answer(200, b'{"id": %s, "duplicate": true}' % _json_bytes(event.id))
         self._notify(targets)
         return _answer(
             202, b'{"id": %s, "deliveries": %d}' % (_json_bytes(event.id), result.deliveries)
+        )
+
+
+def _refusal_fields(
+    source: str, request: web.Request, status: int, reason: str | None, result: str
+) -> dict[str, object]:
+    """A refusal's fields for structured log lines."""
+    return {
+        "source": source,
+        "status": status,
+        "reason": reason,
+        "result": result,
+        "remote": request.remote,
+    }
+
+
+def _log_accepted(source: str, event_id: str, duplicate: bool, deliveries: int) -> None:
+    result = "duplicate" if duplicate else "accepted"
+    fields = {"source": source, "event_id": event_id, "result": result}
+    if duplicate:
+        log.debug("source %s: event %s is a duplicate", source, event_id, extra=fields)
+    else:
+        log.debug(
+            "source %s: event %s accepted for %d deliveries",
+            source,
+            event_id,
+            deliveries,
+            extra=fields,
         )
 
 
@@ -180,9 +254,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except (web.RequestPayloadError, ConnectionResetError) as exc:
         if isinstance(exc.__cause__, ContentEncodingError):
             reason = f"body is not valid {encoding} (Content-Encoding: {encoding})"
-            raise InboundError(reason) from exc
+            raise InboundError(reason, kind="malformed_body") from exc
         status, reason = describe_error(400, exc)  # a malformed body, or the client left
-        raise InboundError(reason, status) from exc
+        raise InboundError(reason, status, "malformed_body" if status == 400 else None) from exc
 
 
 def _content_encoding(request: web.Request) -> str:

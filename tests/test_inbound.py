@@ -142,7 +142,7 @@ async def test_health_and_metrics_endpoints(relay: Relay) -> None:
     text = await (await relay.admin.get("/metrics")).text()
     assert 'relay_inbound_requests_total{result="accepted",source="shop"} 1.0' in text
     assert 'relay_inbound_requests_total{result="duplicate",source="shop"} 1.0' in text
-    assert 'relay_inbound_requests_total{result="401",source="shop"} 1.0' in text
+    assert 'relay_inbound_requests_total{result="signature",source="shop"} 1.0' in text
     posted = await relay.client.post("/healthz")
     assert posted.status == 405
     assert await posted.json() == {"error": "method POST is not allowed on /healthz; use GET"}

@@ -132,9 +132,13 @@ async def test_groups_of_batch_size_fill_concurrency_and_each_result_is_recorded
     assert records["busy-1"].last_error == "PostgreSQL unreachable: TimeoutError"
     assert {r.state for e, r in records.items() if e.startswith("ok")} == {"delivered"}
     exposed = metrics.exposition().decode()
-    assert 'relay_delivery_attempts_total{result="delivered",target="wh"} 8.0' in exposed
-    assert 'relay_delivery_attempts_total{result="dead",target="wh"} 1.0' in exposed
-    assert 'relay_delivery_attempts_total{result="retry",target="wh"} 1.0' in exposed
+    attempts = 'relay_delivery_attempts_total{class="%s",result="%s",target="wh"} %s'
+    assert attempts % ("ok", "delivered", "8.0") in exposed
+    assert attempts % ("permanent_error", "dead", "1.0") in exposed
+    assert attempts % ("transient_error", "retry", "1.0") in exposed
+    assert 'relay_deliveries_total{outcome="delivered",target="wh"} 8.0' in exposed
+    assert 'relay_deliveries_total{outcome="dead",target="wh"} 1.0' in exposed
+    assert 'relay_delivery_latency_seconds_count{target="wh"} 8.0' in exposed
 
 
 async def test_a_batch_target_that_raises_has_its_whole_group_retried(store: SqliteStore) -> None:

@@ -72,6 +72,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_order ON deliveries (target, order_key, id)
         WHERE state = 'pending' AND order_key IS NOT NULL;
     """,
+    # The dead gauge counts them per target; ingest writes only pending rows, so never this.
+    "CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';",
 )
 
 

@@ -45,6 +45,7 @@ from relay.store.base import (
     RetentionPolicy,
     TargetActivity,
     TargetPause,
+    TargetStats,
     TargetStatus,
 )
 from relay.store.checkpoint import Checkpointer
@@ -76,6 +77,16 @@ ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
 }
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
+# Per target, from the partial indexes alone (covering: no table row is read). The pending
+# index holds each delivery's id, and ids grow with arrival: the smallest is the oldest.
+PENDING_BY_TARGET = (
+    "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
+    " WHERE state = 'pending' GROUP BY target"
+)
+DEAD_BY_TARGET = (
+    "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
+    " WHERE state = 'dead' GROUP BY target"
+)
 
 # What a worker may claim, as SQL over `d`, a pending delivery of :target: nothing while the
 # target is paused (a constant subquery, evaluated once), and of an ordering key only the
@@ -629,6 +640,47 @@ class SqliteStore:
             " WHERE state = 'pending' GROUP BY target"
         )
         return {target: count for target, count in rows}
+
+    async def target_stats(self) -> dict[str, TargetStats]:
+        self._health.check()
+        try:
+            return await asyncio.to_thread(self._target_stats)
+        except sqlite3.Error as exc:
+            raise self._health.error_from(exc) from exc
+
+    def _target_stats(self) -> dict[str, TargetStats]:
+        """In a thread, on a read-only connection of its own: in WAL mode a reader waits for
+        no writer, and SQLite counts without holding the GIL. 50-70 ms for 200,000 pending and
+        200,000 dead deliveries (docs/benchmarks.md)."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"  # never creates a file that is gone
+        with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as db:
+            db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            db.execute("BEGIN")  # one snapshot for every read
+            pending = db.execute(PENDING_BY_TARGET).fetchall()
+            dead = dict(db.execute(DEAD_BY_TARGET).fetchall())
+            oldest_ids = [oldest_id for _, _, oldest_id in pending]
+            marks = ",".join("?" * len(oldest_ids))
+            received = dict(
+                db.execute(
+                    "SELECT d.target, e.received_at FROM deliveries d"
+                    f" JOIN events e ON e.pk = d.event_pk WHERE d.id IN ({marks})",
+                    oldest_ids,
+                ).fetchall()
+            )
+            paused = {
+                name
+                for (name,) in db.execute("SELECT name FROM targets WHERE paused_at IS NOT NULL")
+            }
+            db.execute("COMMIT")
+        stats = {target: TargetStats(dead=count) for target, count in dead.items()}
+        for target, count, _ in pending:
+            stats[target] = TargetStats(count, dead.get(target, 0), received.get(target))
+        for target in paused:  # listed even when it holds no delivery
+            current = stats.get(target, TargetStats())
+            stats[target] = TargetStats(
+                current.pending, current.dead, current.oldest_pending_at, paused=True
+            )
+        return stats
 
     # -- retention -------------------------------------------------------------------------
 
