@@ -1,4 +1,4 @@
-"""What the per-target gauges cost: `Store.target_stats` on a store with a 200,000 backlog,
+"""What the per-target gauges cost: `Store.target_statuses_aside` on a store with a 200,000 backlog,
 and ingest into that store with and without the gauges being read (about 40 s).
 
     .venv/bin/python bench/target_gauges.py [--events N] [--seconds S] [--rounds R]
@@ -9,7 +9,7 @@ N pending, N dead and N delivered rows. Then, in one process on uvloop, through 
 SqliteStore:
 
 1. the query plans (each must read an index alone: COVERING INDEX), and the time of
-   `target_stats()` (median and max of R calls);
+   `target_statuses_aside()` (median and max of R calls);
 2. ingest: 32 coroutines each storing events one after another (one pending delivery each)
    for S seconds, measured per event, in rounds that alternate: no gauges; the gauges read
    every second (five times as often as the daemon does); the gauges read back to back the
@@ -81,7 +81,7 @@ async def time_stats(store: SqliteStore, rounds: int) -> list[float]:
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
-        await store.target_stats()
+        await store.target_statuses_aside()
         times.append(time.perf_counter() - started)
     return times
 
@@ -120,7 +120,7 @@ async def ingest_round(
     async def gauges() -> int:
         reads = 0
         while gauge_interval_s is not None and time.perf_counter() < deadline:
-            await store.target_stats()
+            await store.target_statuses_aside()
             reads += 1
             await asyncio.sleep(gauge_interval_s)
         return reads
@@ -141,11 +141,11 @@ async def measure(path: Path, rounds: int, seconds: float) -> None:
     store = SqliteStore(path, time.time)
     await store.open()
     try:
-        stats = await store.target_stats()
-        print("   readings:", {t: (s.pending, s.dead) for t, s in sorted(stats.items())})
+        stats = await store.target_statuses_aside()
+        print("   readings:", {s.name: (s.pending, s.dead) for s in stats})
         times = await time_stats(store, rounds)
         print(
-            f"2. target_stats(): median {statistics.median(times) * 1000:.1f} ms,"
+            f"2. target_statuses_aside(): median {statistics.median(times) * 1000:.1f} ms,"
             f" max {max(times) * 1000:.1f} ms ({rounds} calls)"
         )
         print(f"3. ingest, {INGESTERS} coroutines, {seconds:g} s per round:")

@@ -124,9 +124,9 @@ async def replay_deliveries(call: Call[ReplayParams]) -> JsonObject:
 
 
 async def list_targets(call: Call[Params]) -> JsonObject:
-    """Each target's state and backlog (`relay targets`)."""
+    """Each target's state and backlog (`relay targets`), counted off the event loop."""
     daemon = call.daemon
-    rows = target_rows(await daemon.store.target_statuses(), list(daemon.config.targets))
+    rows = target_rows(await daemon.store.target_statuses_aside(), list(daemon.config.targets))
     return {"targets": targets_json(rows, time.time(), daemon.redactor())}
 
 
@@ -161,7 +161,7 @@ async def resume_target(call: Call[TargetName]) -> JsonObject:
 
 
 async def _known_target(call: Call[Any], name: str) -> str:
-    stored = [status.name for status in await call.daemon.store.target_statuses()]
+    stored = [status.name for status in await call.daemon.store.target_statuses_aside()]
     if name not in call.daemon.config.targets and name not in stored:
         raise InboundError(f"no target named {name!r}", 404)
     return name

@@ -1,10 +1,11 @@
 """Per-target gauges from the store: pending and dead deliveries, the age of the oldest pending
 one, and whether the target is paused.
 
-A timer reads them (`Store.target_stats`: off the event loop, from indexes alone) and a scrape
-shows the last reading, so neither ingest nor a scrape ever waits for a count. Ages run to the
-moment of the scrape. Every configured target is shown, at 0 when it has nothing waiting, and
-so is a target no longer configured whose deliveries still wait in the store.
+A timer reads them (`Store.target_statuses_aside`: off the event loop, from indexes alone)
+and a scrape shows the last reading, so neither ingest nor a scrape ever waits for a count.
+Ages run to the moment of the scrape. Every configured target is shown, at 0 when it has
+nothing waiting, and so is a target no longer configured whose deliveries still wait in the
+store.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from relay.errors import StoreError
-from relay.store.base import Store, TargetStats
+from relay.store.base import Store, TargetActivity, TargetStatus
 
 log = logging.getLogger("relay.metrics")
 
 GAUGE_INTERVAL_S = 5.0
-NOTHING = TargetStats()
+NOTHING = TargetStatus("", None, 0, 0, None, TargetActivity())
 
 
 class TargetGauges:
@@ -40,12 +41,13 @@ class TargetGauges:
         self._configured = configured
         self._clock = clock
         self._interval_s = interval_s
-        self._stats: Mapping[str, TargetStats] = {}
+        self._stats: Mapping[str, TargetStatus] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         """Read the store now; what the next scrape shows."""
-        self._stats = await self._store.target_stats()
+        statuses = await self._store.target_statuses_aside()
+        self._stats = {status.name: status for status in statuses}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="target-gauges")
@@ -82,7 +84,7 @@ class TargetGauges:
             dead.add_metric([target], reading.dead)
             received_at = reading.oldest_pending_at
             oldest.add_metric([target], 0.0 if received_at is None else max(0.0, now - received_at))
-            paused.add_metric([target], 1.0 if reading.paused else 0.0)
+            paused.add_metric([target], 1.0 if reading.pause is not None else 0.0)
         return iter(families)
 
 

@@ -18,7 +18,8 @@ from relay.inbound import INBOUND_RESULTS, refusal_result
 from relay.metrics import Metrics, result_class
 from relay.store.base import AttemptResult, DeliveryState
 from relay.store.schema import migrate
-from relay.store.sqlite import DEAD_BY_TARGET, PENDING_BY_TARGET, SqliteStore
+from relay.store.sqlite import SqliteStore
+from relay.store.sqlite_targets import DEAD_BY_TARGET, PENDING_BY_TARGET
 from tests.clock import FakeClock
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -187,7 +188,7 @@ def test_the_gauge_queries_read_an_index_alone(tmp_path: Path) -> None:
             assert not [row for row in program if row[1] == "Column" and row[2] in tables]
 
 
-async def test_target_stats_never_create_a_store_file_that_is_gone(tmp_path: Path) -> None:
+async def test_the_gauges_reading_never_creates_a_store_file_that_is_gone(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     store = SqliteStore(path, FakeClock(), file_check_interval_s=3600)
     await store.open()
@@ -195,7 +196,7 @@ async def test_target_stats_never_create_a_store_file_that_is_gone(tmp_path: Pat
         for side in (path, path.with_name("relay.db-wal"), path.with_name("relay.db-shm")):
             side.unlink(missing_ok=True)
         with pytest.raises(StoreError):
-            await store.target_stats()
+            await store.target_statuses_aside()
         assert not path.exists()
     finally:
         await store.close()

@@ -105,16 +105,6 @@ class DeliveryDetail:
     attempts: list[AttemptRecord]
 
 
-@dataclass(frozen=True, slots=True)
-class TargetStats:
-    """One target's deliveries as its gauges show them."""
-
-    pending: int = 0
-    dead: int = 0
-    oldest_pending_at: float | None = None  # when relay received the oldest pending one's event
-    paused: bool = False  # `relay targets pause`, or a 410 Gone
-
-
 @dataclass(slots=True)
 class AttemptResult:
     """What one attempt came to: the delivery's new state, and when to try again if pending;
@@ -291,9 +281,9 @@ class Store(Protocol):
         """Number of pending deliveries of each target that has any."""
         ...
 
-    async def target_stats(self) -> dict[str, TargetStats]:
-        """Each target with pending or dead deliveries: how many, and how old the oldest
-        pending one is. Read off the event loop, from indexes alone: it costs ingest nothing."""
+    async def target_statuses_aside(self) -> list[TargetStatus]:
+        """`target_statuses`, read off the event loop (the gauges, every few seconds): it
+        costs ingest nothing."""
         ...
 
     async def purge(self, retention: RetentionPolicy) -> int:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from relay import jsoncodec
 from relay.errors import StoreError
 from relay.events import Delivery, Event
+from relay.store import sqlite_targets as targets
 from relay.store.base import (
     EVERY_DELIVERY,
     HELD_AT,
@@ -45,7 +46,6 @@ from relay.store.base import (
     RetentionPolicy,
     TargetActivity,
     TargetPause,
-    TargetStats,
     TargetStatus,
 )
 from relay.store.checkpoint import Checkpointer
@@ -77,16 +77,6 @@ ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
 }
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
-# Per target, from the partial indexes alone (covering: no table row is read). The pending
-# index holds each delivery's id, and ids grow with arrival: the smallest is the oldest.
-PENDING_BY_TARGET = (
-    "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
-    " WHERE state = 'pending' GROUP BY target"
-)
-DEAD_BY_TARGET = (
-    "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
-    " WHERE state = 'dead' GROUP BY target"
-)
 
 # What a worker may claim, as SQL over `d`, a pending delivery of :target: nothing while the
 # target is paused (a constant subquery, evaluated once), and of an ordering key only the
@@ -480,109 +470,26 @@ class SqliteStore:
         count: int = await self._writes.submit(forget)
         return count
 
-    # -- target control --------------------------------------------------------------------
+    # -- target control (relay/store/sqlite_targets.py) ---------------------------------
 
     async def target_pause(self, target: str) -> TargetPause | None:
-        rows = self._read(
-            "SELECT paused_at, paused_reason FROM targets WHERE name = ? AND paused_at IS NOT NULL",
-            (target,),
-        )
-        return TargetPause(rows[0][0], rows[0][1]) if rows else None
+        return self._view(partial(targets.target_pause, target=target))
 
     async def pause_target(self, target: str, reason: str) -> TargetPause:
-        now = self._clock()
-
-        def pause(cur: sqlite3.Cursor) -> TargetPause:
-            cur.execute(
-                "INSERT INTO targets (name, paused_at, paused_reason) VALUES (:target, :now, :why)"
-                " ON CONFLICT (name) DO UPDATE SET paused_at = :now, paused_reason = :why"
-                " WHERE paused_at IS NULL",
-                {"target": target, "now": now, "why": reason},
-            )
-            since, why = cur.execute(
-                "SELECT paused_at, paused_reason FROM targets WHERE name = ?", (target,)
-            ).fetchone()
-            return TargetPause(since, why)
-
-        pause_in_force: TargetPause = await self._writes.submit(pause)
+        op = partial(targets.pause, target=target, reason=reason, now=self._clock())
+        pause_in_force: TargetPause = await self._writes.submit(op)
         return pause_in_force
 
     async def resume_target(self, target: str) -> TargetPause | None:
-        now = self._clock()
-
-        def resume(cur: sqlite3.Cursor) -> TargetPause | None:
-            row = cur.execute(
-                "SELECT paused_at, paused_reason FROM targets"
-                " WHERE name = ? AND paused_at IS NOT NULL",
-                (target,),
-            ).fetchone()
-            if row is None:
-                return None
-            cur.execute(
-                "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = ?",
-                (target,),
-            )
-            cur.execute(  # the pause does not count toward max_elapsed
-                "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
-                " WHERE state = 'pending' AND target = :target AND first_attempt_at IS NOT NULL",
-                {"paused_s": max(0.0, now - row[0]), "target": target},
-            )
-            return TargetPause(row[0], row[1])
-
-        ended: TargetPause | None = await self._writes.submit(resume)
+        op = partial(targets.resume, target=target, now=self._clock())
+        ended: TargetPause | None = await self._writes.submit(op)
         return ended
 
     async def note_activity(self, target: str, activity: TargetActivity) -> None:
-        values = (target, activity.last_success_at, activity.last_error_at, activity.last_error)
-
-        def note(cur: sqlite3.Cursor) -> None:
-            cur.execute(
-                "INSERT INTO targets (name, last_success_at, last_error_at, last_error)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " last_success_at = COALESCE(excluded.last_success_at, last_success_at),"
-                " last_error_at = COALESCE(excluded.last_error_at, last_error_at),"
-                " last_error = COALESCE(excluded.last_error, last_error)",
-                values,
-            )
-
-        await self._writes.submit(note)
+        await self._writes.submit(partial(targets.note_activity, target=target, activity=activity))
 
     async def target_statuses(self) -> list[TargetStatus]:
-        pending = {
-            target: (count, oldest_id)
-            for target, count, oldest_id in self._read(
-                "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
-                " WHERE state = 'pending' GROUP BY target"
-            )
-        }
-        oldest = _received_at_of(self._read, [oldest_id for _, oldest_id in pending.values()])
-        dead = dict(
-            self._read(
-                "SELECT target, COUNT(*) FROM deliveries WHERE state = 'dead' GROUP BY target"
-            )
-        )
-        stored = {
-            row[0]: row[1:]
-            for row in self._read(
-                "SELECT name, paused_at, paused_reason, last_success_at, last_error_at,"
-                " last_error FROM targets"
-            )
-        }
-        statuses = []
-        for name in sorted({*pending, *dead, *stored}):
-            count, oldest_id = pending.get(name, (0, None))
-            paused_at, reason, success_at, error_at, error = stored.get(name, (None,) * 5)
-            statuses.append(
-                TargetStatus(
-                    name=name,
-                    pause=TargetPause(paused_at, reason) if paused_at is not None else None,
-                    pending=count,
-                    dead=dead.get(name, 0),
-                    oldest_pending_at=oldest.get(oldest_id) if oldest_id is not None else None,
-                    activity=TargetActivity(success_at, error_at, error),
-                )
-            )
-        return statuses
+        return self._view(targets.target_statuses)
 
     # -- operator views --------------------------------------------------------------------
 
@@ -641,46 +548,24 @@ class SqliteStore:
         )
         return {target: count for target, count in rows}
 
-    async def target_stats(self) -> dict[str, TargetStats]:
+    async def target_statuses_aside(self) -> list[TargetStatus]:
+        """`target_statuses`, read in a thread on a read-only connection of its own, off the
+        event loop: in WAL mode a reader waits for no writer (the gauges, every few seconds)."""
         self._health.check()
         try:
-            return await asyncio.to_thread(self._target_stats)
+            return await asyncio.to_thread(self._read_aside, targets.target_statuses)
         except sqlite3.Error as exc:
             raise self._health.error_from(exc) from exc
 
-    def _target_stats(self) -> dict[str, TargetStats]:
-        """In a thread, on a read-only connection of its own: in WAL mode a reader waits for
-        no writer, and SQLite counts without holding the GIL. 50-70 ms for 200,000 pending and
-        200,000 dead deliveries (docs/benchmarks.md)."""
+    def _read_aside(self, read: Callable[[sqlite3.Connection], T]) -> T:
         uri = f"{self.path.resolve().as_uri()}?mode=ro"  # never creates a file that is gone
         with contextlib.closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as db:
             db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             db.execute("BEGIN")  # one snapshot for every read
-            pending = db.execute(PENDING_BY_TARGET).fetchall()
-            dead = dict(db.execute(DEAD_BY_TARGET).fetchall())
-            oldest_ids = [oldest_id for _, _, oldest_id in pending]
-            marks = ",".join("?" * len(oldest_ids))
-            received = dict(
-                db.execute(
-                    "SELECT d.target, e.received_at FROM deliveries d"
-                    f" JOIN events e ON e.pk = d.event_pk WHERE d.id IN ({marks})",
-                    oldest_ids,
-                ).fetchall()
-            )
-            paused = {
-                name
-                for (name,) in db.execute("SELECT name FROM targets WHERE paused_at IS NOT NULL")
-            }
-            db.execute("COMMIT")
-        stats = {target: TargetStats(dead=count) for target, count in dead.items()}
-        for target, count, _ in pending:
-            stats[target] = TargetStats(count, dead.get(target, 0), received.get(target))
-        for target in paused:  # listed even when it holds no delivery
-            current = stats.get(target, TargetStats())
-            stats[target] = TargetStats(
-                current.pending, current.dead, current.oldest_pending_at, paused=True
-            )
-        return stats
+            try:
+                return read(db)
+            finally:
+                db.execute("COMMIT")
 
     # -- retention -------------------------------------------------------------------------
 
@@ -723,21 +608,6 @@ def _keyed(
 ) -> dict[str, Any]:
     """The parameters of ORDERED_INSERT for one delivery (no key: unordered)."""
     return {"pk": event_pk, "target": target, "key": keys.get(target), "now": now, "held": HELD_AT}
-
-
-def _received_at_of(
-    read: Callable[[str, Sequence[Any]], list[Any]], delivery_ids: Sequence[int]
-) -> dict[int, float]:
-    """When relay received the events of these deliveries, by delivery id."""
-    if not delivery_ids:
-        return {}
-    marks = ",".join("?" * len(delivery_ids))
-    rows = read(
-        "SELECT d.id, e.received_at FROM deliveries d JOIN events e ON e.pk = d.event_pk"
-        f" WHERE d.id IN ({marks})",
-        list(delivery_ids),
-    )
-    return {delivery_id: received_at for delivery_id, received_at in rows}
 
 
 def _side_files(path: Path) -> dict[Path, FileIdentity]:
