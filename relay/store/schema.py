@@ -74,6 +74,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The dead gauge counts them per target; ingest writes only pending rows, so never this.
     "CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';",
+    # The console's deliveries per minute: those delivered since a time, by target (state
+    # too, so that the index covers the query).
+    "CREATE INDEX deliveries_delivered ON deliveries (updated_at, target, state)"
+    " WHERE state = 'delivered';",
 )
 
 
