@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,11 @@ routes:
 """
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
 WIDTHS = (360, 1440)
+HIDE_FOLDER = """
+for (const node of document.querySelectorAll("pre, code, li")) {
+  node.textContent = node.textContent.split(FOLDER).join("/srv/relay");
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +196,10 @@ async def test_hostile_event_data_stays_inert_text(
 
 
 async def test_every_page_at_both_widths(
-    relay: Relay, receiver: Receiver, browser: Browser
+    relay: Relay, receiver: Receiver, browser: Browser, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
-    """Screenshots for docs/console/: a failing target, a paused one with a backlog."""
+    """Screenshots for docs/console/: a failing target, a paused one with a backlog, a
+    refused reload. The test's temporary folder is shown as /srv/relay in them."""
     Billing(receiver)
     await browser.open("/sign-in")
     for width in WIDTHS:
@@ -216,9 +223,14 @@ async def test_every_page_at_both_widths(
         "dead-letters-confirm": "/dead/replay?target=billing",
         "config": "/config",
     }
+    broken = CONFIG.format(token=TOKEN, url=receiver.url).replace(
+        "max_attempts: 1", "max_attempts: 0"
+    )
+    assert not (await relay.daemon.reload(write_config(broken))).ok
     for name, path in pages.items():
         await browser.open(path)
         await browser.find("main")
+        await browser.script(HIDE_FOLDER.replace("FOLDER", json.dumps(str(tmp_path))))
         for width in WIDTHS:
             shot = await browser.screenshot(name, width)
             assert shot.stat().st_size > 5000, shot
