@@ -11,6 +11,8 @@ import html
 import pytest
 from markupsafe import escape
 
+from relay import replaying
+from relay.console import pages
 from relay.console.headers import CONTENT_SECURITY_POLICY
 from relay.console.session import SESSION_COOKIE
 from tests.conftest import ConfigWriter, Relay, StartRelay
@@ -328,7 +330,9 @@ async def test_dead_letters_are_counted_confirmed_and_replayed(
 ) -> None:
     for n in range(3):
         await dead_delivery(signed_in, receiver, {"id": f"d{n}", "type": "A" if n else "B"})
-    text = await (await signed_in.admin.get("/dead?type=A")).text()
+    text = await (await signed_in.admin.get("/dead?target=out")).text()  # from the dead index
+    assert '<strong class="big" id="dead-count">3</strong>' in text
+    text = await (await signed_in.admin.get("/dead?type=A")).text()  # counted one by one
     assert '<strong class="big" id="dead-count">2</strong>' in text
     assert 'href="/dead/replay?type=A"' in text
     confirm = await (await signed_in.admin.get("/dead/replay?type=A")).text()
@@ -373,3 +377,16 @@ async def test_an_open_admin_listener_serves_the_console_with_a_warning_and_csrf
     assert (await post_form(relay, "/targets/out/pause", {}, None)).status == 403
     csrf = await csrf_of(relay)
     assert (await post_form(relay, "/targets/out/pause", {}, csrf)).status == 303
+
+
+async def test_a_long_dead_count_stops_at_its_cap_and_says_so(
+    signed_in: Relay, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "DEAD_COUNT_CAP", 2)
+    monkeypatch.setattr(replaying, "REPLAY_PAGE", 1)
+    for n in range(3):
+        await dead_delivery(signed_in, receiver, {"id": f"d{n}", "type": "A"})
+    text = await (await signed_in.admin.get("/dead?type=A")).text()
+    assert '<strong class="big" id="dead-count">2+</strong>' in text
+    confirm = await (await signed_in.admin.get("/dead/replay?type=A")).text()
+    assert "More than 2 match: every one that matches when you confirm is replayed." in confirm

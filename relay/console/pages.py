@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from relay.console.routes import Console
 
 PAGE_SIZE = 50
-DEAD_COUNT_CAP = 10_000  # dead deliveries counted for "replay these N"; past it, "more than"
+# Dead deliveries counted one by one for "replay these N" under a source, type or time filter
+# (on the loop: about 12 ms per thousand); past it, "more than". By target alone, the count is
+# exact and read off the loop from the dead index (`Store.target_statuses_aside`).
+DEAD_COUNT_CAP = 2_000
 
 
 class DeliveryQuery(DeliveriesParams):
@@ -142,7 +145,12 @@ async def _dead(console: Console, request: web.Request, template: str) -> web.St
     query = parse_params(DeadQuery, {}, filters.items())
     listing = DeliveriesParams(**query.model_dump(), state="dead", limit=PAGE_SIZE)
     rows = (await list_deliveries(Call(console.daemon, listing, request)))["deliveries"]
-    count, by_target = await _count_dead(console, listing.where())
+    where = listing.where()
+    if where.source is None and where.type_glob is None and where.since is None:
+        count, by_target, capped = *await _dead_by_target(console, where.target), False
+    else:
+        count, by_target = await _count_dead(console, where)
+        capped = count >= DEAD_COUNT_CAP
     return console.page(
         request,
         template,
@@ -150,10 +158,22 @@ async def _dead(console: Console, request: web.Request, template: str) -> web.St
         filters=filters,
         deliveries=rows,
         count=count,
-        capped=count >= DEAD_COUNT_CAP,
+        capped=capped,
         by_target=by_target,
         query=query_string(filters),
     )
+
+
+async def _dead_by_target(console: Console, target: str | None) -> tuple[int, dict[str, int]]:
+    """Every dead delivery (of `target` if given), by target, exact."""
+    statuses = await console.daemon.store.target_statuses_aside()
+    redact = console.daemon.redactor()
+    by_target = {
+        redact(status.name): status.dead
+        for status in statuses
+        if status.dead and (target is None or status.name == target)
+    }
+    return sum(by_target.values()), by_target
 
 
 async def _count_dead(console: Console, where: DeliveryFilter) -> tuple[int, dict[str, int]]:
