@@ -29,8 +29,12 @@ def text_of(value: object) -> str:
 
 
 def local_path(path: str | None) -> str:
-    """Where to go after signing in: a path of this console, never another site."""
-    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+    """Where to go after signing in: a path of this console, never another site. Browsers
+    drop tabs and newlines from a URL and read `\\` as `/`, so `/<tab>/evil.example` would
+    leave: only printable ASCII without spaces or backslashes passes."""
+    if not path or not path.startswith("/") or path.startswith("//"):
+        return "/"
+    if "\\" in path or not all("!" <= char <= "~" for char in path):
         return "/"
     return path
 
