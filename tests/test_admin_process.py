@@ -66,6 +66,11 @@ async def test_relay_run_serves_ingest_and_admin_apart_and_is_not_ready_while_it
         async with session.get(f"{relay.admin_url}/metrics") as response:
             assert response.status == 200
             assert "relay_inbound_requests_total" in await response.text()
+        async with session.get(f"{relay.admin_url}/") as response:  # the console, installed
+            assert response.status == 200
+            assert "<h1>Targets</h1>" in await response.text()
+        async with session.get(f"{relay.admin_url}/static/console.css") as response:
+            assert response.status == 200
 
         assert await post_event(session, relay, "e1") == 202
         await receiver.wait_for(1, timeout_s=10)  # in flight, held

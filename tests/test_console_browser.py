@@ -128,6 +128,10 @@ async def test_sign_in_find_a_dead_delivery_replay_it_and_the_receiver_gets_it(
     await sign_in(browser)
     await reload_until(browser, "billing failing", 'tr[data-target="billing"].health-failing')
     assert "upstream timeout" in await browser.text('tr[data-target="billing"]')
+    when = await browser.find('tr[data-target="billing"] td.error-text time')
+    assert (await browser.call(when.get_attribute, "title")).endswith(" UTC")  # on hover
+    shown = await browser.call(lambda: when.text)
+    assert shown == "just now" or shown.endswith(" ago"), shown
     await browser.click('tr[data-target="billing"] a.dead-count')
     await browser.wait_for("the dead letters", lambda d: "/dead?target=billing" in d.current_url)
     assert await browser.text("#dead-count") == "1"

@@ -16,6 +16,7 @@ from relay.console.session import (
     token_matches,
 )
 from relay.console.views import health, query_string, relative, utc_text
+from tests.browser import unavailable
 
 TOKEN = SecretStr("the-admin-token-0123")
 
@@ -147,3 +148,14 @@ def test_links_keep_the_filter_and_drop_empty_values() -> None:
     shown = query_string({"state": "dead", "type": "A*"}, before=7)
     assert shown == "state=dead&type=A%2A&before=7"
     assert query_string({"state": "", "event": "a&b=c"}, before=None) == "event=a%26b%3Dc"
+
+
+def test_without_the_browser_its_tests_skip_on_a_laptop_and_fail_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="BROWSER NOT AVAILABLE"):
+        unavailable("/usr/bin/chromium is missing")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true requires the browser"):
+        unavailable("/usr/bin/chromium is missing")
