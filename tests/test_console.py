@@ -262,6 +262,7 @@ async def test_the_deliveries_page_filters_and_pages_newest_first(
     await signed_in.wait_for_state("delivered", count=5)
     await dead_delivery(signed_in, receiver, {"id": "d1", "type": "ALERT"})
     text = await (await signed_in.admin.get("/deliveries?state=dead")).text()
+    assert '<datalist id="target-names"><option value="out"></datalist>' in text
     assert "d1" in text
     assert "e4" not in text
     text = await (await signed_in.admin.get("/deliveries?type=CASE_*&limit=2")).text()

@@ -128,6 +128,8 @@ class Console:
             "open_listener": not token_set,
             "notice": self._notice(request),
             "nav": None,
+            "target_names": list(self.daemon.config.targets),  # suggested in filter fields
+            "source_names": list(self.daemon.config.sources),
         }
         return html(self.env, template, {**base, **context}, status)
 
