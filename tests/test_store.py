@@ -256,3 +256,17 @@ async def test_an_event_that_cannot_be_read_back_is_dead_and_does_not_stall_its_
         assert await store.claim("a", 10, lease_s=30) == []
     finally:
         await store.close()
+
+
+async def test_a_file_a_newer_relay_migrated_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    newer = sqlite3.connect(tmp_path / "relay.db")
+    newer.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    newer.close()
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    with pytest.raises(StoreError) as refused:
+        await store.open()
+    assert str(refused.value) == (
+        f"store {tmp_path / 'relay.db'} is at schema version {len(MIGRATIONS) + 1}, newer than "
+        f"this relay knows ({len(MIGRATIONS)}): a newer relay migrated it. Run that version, "
+        "or restore the backup taken before the upgrade"
+    )

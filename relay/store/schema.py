@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from relay.errors import StoreError
+
 # Each entry brings the schema from the previous version to its own; the file records its
 # version in `PRAGMA user_version`. Append, never edit: operators' files are at every version.
 MIGRATIONS: tuple[str, ...] = (
@@ -77,10 +79,22 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the file to the newest schema, one transaction per step."""
+def migrate(db: sqlite3.Connection, name: str = "the store") -> None:
+    """Bring the file to the newest schema, one transaction per step. A file a newer relay
+    has migrated is refused: this one would misread it (a rollback restores the backup
+    taken before the upgrade)."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise StoreError(newer_schema_message(name, version, len(MIGRATIONS)))
     if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
         version = 1  # written before versions were recorded
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
+
+
+def newer_schema_message(name: str, version: int, known: int) -> str:
+    return (
+        f"{name} is at schema version {version}, newer than this relay knows ({known}): "
+        "a newer relay migrated it. Run that version, or restore the backup taken before "
+        "the upgrade"
+    )

@@ -185,7 +185,7 @@ class SqliteStore:
                 problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
                 if problems != ["ok"]:
                     raise StoreError(corrupt_message(self.path, "; ".join(problems[:3])))
-            migrate(db)
+            migrate(db, f"store {self.path}")
             if not daemon:
                 return db, 0
             # The Checkpointer's thread copies most of the WAL; the loop's own automatic
