@@ -255,3 +255,16 @@ def run_loadgen(args: Sequence[str], timeout_s: float) -> dict[str, Any]:
         raise BenchError(f"load generator failed ({done.returncode}):\n{stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def memory_bytes(pid: int) -> dict[str, int]:
+    """A running process's resident memory now (`rss`) and its peak so far (`peak_rss`), from
+    /proc (Linux; empty elsewhere)."""
+    fields = {"VmRSS:": "rss", "VmHWM:": "peak_rss"}
+    memory = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, *value = line.split()
+            if name in fields and value:
+                memory[fields[name]] = int(value[0]) * 1024  # kB
+    return memory

@@ -76,6 +76,18 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The dead gauge counts them per target; ingest writes only pending rows, so never this.
     "CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';",
+    # A worker's queries walk no pending delivery that it cannot claim: the due index holds
+    # the pending deliveries nobody has leased, in the order they come due, and a leased one
+    # moves to an index of its own, by when its lease runs out. Claims and `next_due_at` then
+    # read a few index entries however large the backlog and however many attempts are in
+    # flight (the shared due index made them step over every leased delivery, reading its row).
+    """
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_waiting ON deliveries (target, next_attempt_at)
+        WHERE state = 'pending' AND lease_until = 0;
+    CREATE INDEX deliveries_leased ON deliveries (target, lease_until)
+        WHERE state = 'pending' AND lease_until > 0;
+    """,
 )
 
 

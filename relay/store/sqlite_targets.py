@@ -12,10 +12,15 @@ import sqlite3
 from relay.store.base import TargetActivity, TargetPause, TargetStatus
 
 # Per target, from the partial indexes alone (covering: no table row is read). The pending
-# index holds each delivery's id, and ids grow with arrival: the smallest is the oldest.
+# deliveries are in two, those nobody leased and those in flight (schema.py); each index
+# holds the delivery's id, and ids grow with arrival: the smallest is the oldest.
 PENDING_BY_TARGET = (
-    "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
-    " WHERE state = 'pending' GROUP BY target"
+    "SELECT target, SUM(n), MIN(oldest) FROM ("
+    "SELECT target, COUNT(*) AS n, MIN(id) AS oldest FROM deliveries INDEXED BY"
+    " deliveries_waiting WHERE state = 'pending' AND lease_until = 0 GROUP BY target"
+    " UNION ALL SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_leased"
+    " WHERE state = 'pending' AND lease_until > 0 GROUP BY target"
+    ") GROUP BY target"
 )
 DEAD_BY_TARGET = (
     "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
@@ -92,11 +97,13 @@ def resume(cur: sqlite3.Cursor, target: str, now: float) -> TargetPause | None:
     cur.execute(
         "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = ?", (target,)
     )
-    cur.execute(
-        "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
-        " WHERE state = 'pending' AND target = :target AND first_attempt_at IS NOT NULL",
-        {"paused_s": max(0.0, now - ended.since), "target": target},
-    )
+    for leases in ("lease_until = 0", "lease_until > 0"):  # one partial index each
+        cur.execute(
+            "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
+            f" WHERE state = 'pending' AND {leases} AND target = :target"
+            " AND first_attempt_at IS NOT NULL",
+            {"paused_s": max(0.0, now - ended.since), "target": target},
+        )
     return ended
 
 
