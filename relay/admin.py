@@ -2,9 +2,10 @@
 
 The ingest port faces the senders and serves only their paths and `/healthz`; everything about
 deliveries is here. `/healthz`, `/readyz` and `/metrics` are open (probes and scrapers);
-every other path, `/api/...` first of all, needs `Authorization: Bearer <admin.token>`
-whenever a token is set, checked against the running config's token (so a reload rotates it)
-in constant time, and never logged. Refusals and unknown paths are answered as JSON.
+`/api/...` needs `Authorization: Bearer <admin.token>` whenever a token is set, checked against
+the running config's token (so a reload rotates it) in constant time, and never logged.
+Refusals and unknown paths are answered as JSON. Every other path is the web console
+(`relay.console`), whose pages need a session opened by signing in with the same token.
 
 `/readyz` is 200 only while relay has started, is not shutting down, and its store answers a
 trivial query within a second; otherwise 503 with every reason.
@@ -25,6 +26,7 @@ from pydantic import SecretStr
 
 from relay.api import Endpoint, json_answer
 from relay.app import DAEMON, Daemon
+from relay.console import add_console
 from relay.endpoints import ENDPOINTS
 from relay.errors import StoreError
 from relay.inbound import error_response
@@ -33,6 +35,7 @@ from relay.store.base import Store
 log = logging.getLogger("relay.admin")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+API_PREFIX = "/api/"
 STORE_ANSWER_S = 1.0  # a store slower than this to answer a trivial query is not ready
 MAX_BODY_BYTES = 64 * 1024  # an admin request carries parameters, not events
 
@@ -40,7 +43,8 @@ MAX_BODY_BYTES = 64 * 1024  # an admin request carries parameters, not events
 def create_admin_app(
     daemon: Daemon, endpoints: Sequence[Endpoint[Any]] = ENDPOINTS
 ) -> web.Application:
-    """The admin listener's app, a view of `daemon` (whose resources the ingest app opens)."""
+    """The admin listener's app, a view of `daemon` (whose resources the ingest app opens):
+    probes, the JSON API and the web console."""
     app = web.Application(middlewares=[_guard(daemon)], client_max_size=MAX_BODY_BYTES)
     app[DAEMON] = daemon
     app.router.add_get("/healthz", daemon.healthz)
@@ -48,6 +52,7 @@ def create_admin_app(
     app.router.add_get("/metrics", daemon.metrics_page)
     for endpoint in endpoints:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler(daemon))
+    add_console(app, daemon, PUBLIC_PATHS)
     return app
 
 
@@ -70,12 +75,12 @@ def token_refusal(token: SecretStr | None, authorization: str | None) -> str | N
 
 
 def _guard(daemon: Daemon) -> Middleware:
-    """The token check before every path but the public ones; the router's 404 and 405 (and
-    any other HTTP error) as JSON."""
+    """The token check before the API's paths (the console checks its own sessions); the
+    router's 404 and 405 (and any other HTTP error) as JSON."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
+        if request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/"):
             authorization = request.headers.get(hdrs.AUTHORIZATION)
             refusal = token_refusal(daemon.config.admin.token, authorization)
             if refusal is not None:

@@ -35,7 +35,7 @@ from relay.inbound import Ingest
 from relay.loading import load_config
 from relay.metrics import Metrics
 from relay.redaction import Redactor, config_secrets
-from relay.reload import ConfigChange, ReloadResult, compare
+from relay.reload import ConfigChange, ReloadAttempt, ReloadResult, compare
 from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
 from relay.store import open_store
 from relay.store.base import Store
@@ -84,12 +84,18 @@ class Daemon:
         self._secrets = dict.fromkeys(config_secrets(self.config))
         self._reloading = asyncio.Lock()  # one reload at a time; the next waits its turn
         self.draining = False  # stopping: from the stop signal on, relay is not ready
+        self.started_at = clock()
+        self.last_reload: ReloadAttempt | None = None  # none since start
         self.metrics.last_reload_success.set(clock())
         limits = self.config.limits
         self.ingest = Ingest(
             self.store, self._notify, self.metrics, clock, limits.max_body_bytes, HEALTH_PATHS
         )
         self.ingest.configure(compiled.sources, compiled.router, compiled.order_keys)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     @property
     def started(self) -> bool:
@@ -173,29 +179,34 @@ class Daemon:
     async def reload(self, path: Path) -> ReloadResult:
         """Run the config in `path` instead of the running one: loaded and compiled completely
         first, then swapped in at once; on any problem the running config stays. Either way
-        the result is logged and counted in metrics."""
+        the result is logged, counted in metrics and kept for the console."""
         async with self._reloading:
-            try:
-                compiled = await asyncio.to_thread(_load_compiled, path, self._clock)
-            except ConfigError as exc:
-                return self._not_reloaded(path, exc.problems)
-            except Exception as exc:  # a bug: the running config stays all the same
-                log.exception("config reload: unexpected error while loading %s", path)
-                return self._not_reloaded(path, [f"{path}: unexpected error: {type(exc).__name__}"])
-            change = compare(self.config, compiled.config)
-            if change.refused:
-                return self._not_reloaded(path, change.refused)
-            if self.dispatcher is None or self.dispatcher.stopping:
-                return self._not_reloaded(path, ["relay is starting or stopping; try again"])
-            self._swap(compiled, change, self.dispatcher)
-            self.metrics.reloads.labels("success").inc()
-            self.metrics.last_reload_success.set(self._clock())
-            log.info("config reloaded from %s: %s", path, change.summary())
-            for warning in compiled.warnings:
-                log.warning("%s", warning)
-            await self._forget_order_keys(compiled.config)
-            waiting = await self._report_waiting(compiled.config)
-            return ReloadResult(change=change, waiting=waiting)
+            result = await self._reload(path)
+            self.last_reload = ReloadAttempt(self._clock(), str(path), result)
+            return result
+
+    async def _reload(self, path: Path) -> ReloadResult:
+        try:
+            compiled = await asyncio.to_thread(_load_compiled, path, self._clock)
+        except ConfigError as exc:
+            return self._not_reloaded(path, exc.problems)
+        except Exception as exc:  # a bug: the running config stays all the same
+            log.exception("config reload: unexpected error while loading %s", path)
+            return self._not_reloaded(path, [f"{path}: unexpected error: {type(exc).__name__}"])
+        change = compare(self.config, compiled.config)
+        if change.refused:
+            return self._not_reloaded(path, change.refused)
+        if self.dispatcher is None or self.dispatcher.stopping:
+            return self._not_reloaded(path, ["relay is starting or stopping; try again"])
+        self._swap(compiled, change, self.dispatcher)
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_reload_success.set(self._clock())
+        log.info("config reloaded from %s: %s", path, change.summary())
+        for warning in compiled.warnings:
+            log.warning("%s", warning)
+        await self._forget_order_keys(compiled.config)
+        waiting = await self._report_waiting(compiled.config)
+        return ReloadResult(change=change, waiting=waiting)
 
     def _not_reloaded(self, path: Path, problems: Sequence[str]) -> ReloadResult:
         self.metrics.reloads.labels("failure").inc()

@@ -78,6 +78,15 @@ class ReloadResult:
         return not self.problems
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadAttempt:
+    """The last reload, for the console: when, of which file, and how it went."""
+
+    at: float  # epoch seconds
+    path: str
+    result: ReloadResult
+
+
 def compare(running: Config, new: Config) -> ConfigChange:
     """What running `new` instead of `running` changes, and what it would need a restart for."""
     return ConfigChange(

@@ -56,7 +56,7 @@ def format_targets(rows: Sequence[TargetRow], now: float, clean: Clean) -> str:
         pause = row.status.pause
         if pause is not None:
             lines.append(
-                f"{_name(row)} paused {_age(now - pause.since)} ago, at {_utc(pause.since)}:"
+                f"{_name(row)} paused {age_text(now - pause.since)} ago, at {_utc(pause.since)}:"
                 f" {_text(pause.reason, clean)}; relay targets resume"
                 f" {escape_controls(row.status.name)} sends its {row.status.pending} pending"
                 " deliveries"
@@ -71,7 +71,7 @@ def _cells(row: TargetRow, now: float, clean: Clean) -> tuple[str, ...]:
         text = _text(activity.last_error or "", clean)
         if len(text) > ERROR_COLUMN_CHARS:
             text = text[: ERROR_COLUMN_CHARS - 1] + "…"
-        error = f"{_age(now - activity.last_error_at)} ago: {text}"
+        error = f"{age_text(now - activity.last_error_at)} ago: {text}"
     oldest = status.oldest_pending_at
     success = activity.last_success_at
     return (
@@ -79,8 +79,8 @@ def _cells(row: TargetRow, now: float, clean: Clean) -> tuple[str, ...]:
         "paused" if status.pause is not None else "active",
         str(status.pending),
         str(status.dead),
-        _age(now - oldest) if oldest is not None else "-",
-        f"{_age(now - success)} ago" if success is not None else "never",
+        age_text(now - oldest) if oldest is not None else "-",
+        f"{age_text(now - success)} ago" if success is not None else "never",
         error,
     )
 
@@ -133,7 +133,7 @@ def _utc(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     """`45s`, `12m`, `3h 5m`, `2d 4h`: two units at most, whole numbers."""
     whole = max(0, int(seconds))
     for size, unit, smaller, smaller_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m")):

@@ -16,6 +16,7 @@ import pytest
 
 from relay.store.base import EVERY_DELIVERY, DeliveryFilter, DeliveryState
 from relay.store.sqlite import SqliteStore
+from relay.store.sqlite_targets import DELIVERED_SINCE
 from relay.store.views import MAX_KINDS
 from tests.test_store import Clock
 
@@ -101,6 +102,7 @@ def expected(
             where.type_glob is None or fnmatch.fnmatchcase(event_type, where.type_glob),
             where.event_id is None or event_id == where.event_id,
             where.since is None or received_at >= where.since,
+            where.until is None or received_at < where.until,
             where.delivery_ids is None or delivery_id in where.delivery_ids,
         ]
         return all(checks)
@@ -116,6 +118,7 @@ def random_filter(rng: random.Random) -> tuple[DeliveryState | None, DeliveryFil
         "type_glob": lambda: rng.choice(globs),
         "event_id": lambda: f"e{rng.randrange(160)}",
         "since": lambda: START + rng.randrange(320),
+        "until": lambda: START + rng.randrange(320),
         "delivery_ids": lambda: frozenset(rng.sample(range(1, 700), 40)),
     }
     chosen = {name: make() for name, make in options.items() if rng.random() < 0.3}
@@ -238,12 +241,46 @@ async def test_since_bounds_the_walk_to_the_events_received_since(big: SqliteSto
     assert await big.deliveries(None, 50, where=DeliveryFilter(since=START + 20 * BIG)) == []
 
 
+async def test_until_bounds_the_walk_to_the_events_received_before(big: SqliteStore) -> None:
+    steps = count_steps(big)
+    until = DeliveryFilter(until=START + 10)  # before the common ones: the three rare ones
+    records = await big.deliveries(None, 50, where=until)
+    assert [r.event_id for r in records] == ["rare-2", "rare-1", "rare-0"]
+    assert steps() < BIG / 4
+    window = DeliveryFilter(since=START + 1, until=START + 3)
+    assert [r.event_id for r in await big.deliveries(None, 50, where=window)] == [
+        "rare-2",
+        "rare-1",
+    ]
+    assert await big.deliveries(None, 50, where=DeliveryFilter(until=START)) == []
+    everything = await big.deliveries(None, 10, where=DeliveryFilter(until=START + 20 * BIG))
+    assert [r.event_id for r in everything[:1]] == ["new-2"]
+
+
+async def test_delivered_since_counts_each_targets_recent_deliveries_from_its_index(
+    big: SqliteStore,
+) -> None:
+    """The console's deliveries per minute: the delivered ones settled since a time."""
+    assert await big.delivered_since(START + 10 + BIG - 5) == {"audit": 5}
+    assert await big.delivered_since(0) == {"audit": BIG}
+    assert await big.delivered_since(START + 20 * BIG) == {}
+    db = big._connection()
+    sql = "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_delivered"
+    plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {DELIVERED_SINCE}", (0,))]
+    assert plan[0].startswith("SEARCH deliveries USING COVERING INDEX deliveries_delivered"), plan
+    assert DELIVERED_SINCE.startswith(sql)
+
+
 async def test_the_plans_sort_nothing_and_scan_no_table_whole(big: SqliteStore) -> None:
     """EXPLAIN QUERY PLAN of every statement a filtered listing runs."""
     db = big._connection()
     statements: list[str] = []
     db.set_trace_callback(statements.append)
-    for state, where in [*RARE_FILTERS, ("pending", DeliveryFilter(since=START))]:
+    bounded: list[tuple[DeliveryState | None, DeliveryFilter]] = [
+        ("pending", DeliveryFilter(since=START)),
+        (None, DeliveryFilter(until=START + 5)),
+    ]
+    for state, where in [*RARE_FILTERS, *bounded]:
         await big.deliveries(state, 50, where=where, before_id=BIG)
     db.set_trace_callback(None)
     assert statements

@@ -61,6 +61,7 @@ class DeliveryFilter:
     type_glob: str | None = None  # `CASE_*`, case-sensitive, as a route's `types` match
     event_id: str | None = None
     since: float | None = None  # of events received at or after this time (epoch seconds)
+    until: float | None = None  # of events received before this time (epoch seconds)
     delivery_ids: frozenset[int] | None = None
 
 
@@ -94,6 +95,7 @@ class StoredEvent:
     created_at: float | None
     headers: dict[str, str]
     body: bytes
+    data_key: str | None = None  # where the sender's envelope keeps its data (`Event.data_key`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,13 @@ class Store(Protocol):
 
     async def pending_by_target(self) -> dict[str, int]:
         """Number of pending deliveries of each target that has any."""
+        ...
+
+    async def delivered_since(self, since: float) -> dict[str, int]:
+        """How many deliveries of each target were delivered at or after `since` (the
+        console's deliveries per minute), counted off the event loop from an index of
+        delivered deliveries by the time they were settled: it reads as many index entries as
+        it counts, never the rest of the store."""
         ...
 
     async def target_statuses_aside(self) -> list[TargetStatus]:

@@ -566,9 +566,15 @@ class SqliteStore:
     async def target_statuses_aside(self) -> list[TargetStatus]:
         """`target_statuses`, read in a thread on a read-only connection of its own, off the
         event loop: in WAL mode a reader waits for no writer (the gauges, every few seconds)."""
+        return await self._aside(targets.target_statuses)
+
+    async def delivered_since(self, since: float) -> dict[str, int]:
+        return await self._aside(partial(targets.delivered_since, since=since))
+
+    async def _aside(self, read: Callable[[sqlite3.Connection], T]) -> T:
         self._health.check()
         try:
-            return await asyncio.to_thread(self._read_aside, targets.target_statuses)
+            return await asyncio.to_thread(self._read_aside, read)
         except sqlite3.Error as exc:
             raise self._health.error_from(exc) from exc
 

@@ -26,6 +26,10 @@ DEAD_BY_TARGET = (
     "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
     " WHERE state = 'dead' GROUP BY target"
 )
+DELIVERED_SINCE = (
+    "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_delivered"
+    " WHERE state = 'delivered' AND updated_at >= ? GROUP BY target"
+)
 STORED_STATE = (
     "SELECT name, paused_at, paused_reason, last_success_at, last_error_at, last_error FROM targets"
 )
@@ -53,6 +57,12 @@ def target_statuses(db: sqlite3.Connection) -> list[TargetStatus]:
             )
         )
     return statuses
+
+
+def delivered_since(db: sqlite3.Connection, since: float) -> dict[str, int]:
+    """Deliveries delivered at or after `since`, by target: a range of the partial index of
+    delivered deliveries by settling time, which covers the count (docs/benchmarks.md)."""
+    return dict(db.execute(DELIVERED_SINCE, (since,)).fetchall())
 
 
 def _received_at_of(db: sqlite3.Connection, delivery_ids: list[int]) -> dict[int, float]:

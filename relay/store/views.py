@@ -13,9 +13,9 @@ so a listing reads about as many rows as it shows however large the store is:
   order; the newest rows of all the walks are merged. When more than MAX_KINDS pairs match
   (or MAX_KINDS_SCANNED are read: a sender may make up a type per event), the walk goes
   over every delivery newest first instead, checking each.
-- since: the first event received at or after it is found by bisecting the events' pks
-  (events are numbered in the order they arrived, which retention relies on too), and it
-  bounds the walk.
+- since and until: the first event received at or after each is found by bisecting the
+  events' pks (events are numbered in the order they arrived, which retention relies on too),
+  and they bound the walk at both ends.
 
 A second filter is checked on the rows the first one's walk reads. An event's deliveries are
 inserted with it, so delivery ids and event pks grow together: "newest first" is one order
@@ -95,10 +95,11 @@ def list_deliveries(
     since_pk = None if where.since is None else first_pk_since(db, where.since)
     if where.since is not None and since_pk is None:
         return []
-    query = Query(state, where.target).where("d.id < ?", before_id)
+    until_pk = None if where.until is None else first_pk_since(db, where.until)
+    query = Query(state, where.target).where("d.id < ?", before_id).where("e.pk < ?", until_pk)
     rows = _selective_rows(db, query, where, since_pk, before_id, limit)
     if rows is None:
-        rows = _walk_deliveries(db, query, where, since_pk, limit)
+        rows = _walk_deliveries(db, query, where, (since_pk, until_pk), limit)
     return [DeliveryRecord(*row) for row in rows]
 
 
@@ -162,19 +163,29 @@ def _walk_deliveries(
     db: sqlite3.Connection,
     query: Query,
     where: DeliveryFilter,
-    since_pk: int | None,
+    pks: tuple[int | None, int | None],
     limit: int,
 ) -> list[Any]:
-    """Every delivery newest first (by state or target if given), checking the rest."""
+    """Every delivery newest first (by state or target if given), checking the rest; the
+    walk starts at the events before `until` and stops at those since `since` (`pks`)."""
+    since_pk, until_pk = pks
     if since_pk is not None:
-        since_id = _scalar(
-            db, "SELECT id FROM deliveries WHERE event_pk >= ? ORDER BY event_pk LIMIT 1", since_pk
-        )
+        since_id = _first_delivery_from(db, since_pk)
         if since_id is None:
             return []
         query.where("d.id >= ?", since_id)
+    if until_pk is not None:
+        query.where("d.id < ?", _first_delivery_from(db, until_pk))
     query = _checking_events(query, where.source, where.type_glob, None)
     return query.rows(db, _BY_DELIVERY, "d.id DESC", limit)
+
+
+def _first_delivery_from(db: sqlite3.Connection, event_pk: int) -> int | None:
+    """The first delivery of an event at or after `event_pk` (ids grow with event pks)."""
+    first: int | None = _scalar(
+        db, "SELECT id FROM deliveries WHERE event_pk >= ? ORDER BY event_pk LIMIT 1", event_pk
+    )
+    return first
 
 
 def _checking_events(
@@ -275,12 +286,13 @@ def _next_kind(
 
 def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail | None:
     row = db.execute(
-        f"SELECT {_COLUMNS}, e.created_at, e.headers, e.body FROM {_BY_DELIVERY} WHERE d.id = ?",
+        f"SELECT {_COLUMNS}, e.created_at, e.headers, e.body, e.data_key FROM {_BY_DELIVERY}"
+        " WHERE d.id = ?",
         (delivery_id,),
     ).fetchone()
     if row is None:
         return None
-    *listed, created_at, headers, body = row
+    *listed, created_at, headers, body, data_key = row
     record = DeliveryRecord(*listed)
     event = StoredEvent(
         record.source,
@@ -290,6 +302,7 @@ def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail 
         created_at,
         _headers(headers),
         bytes(body),
+        data_key,
     )
     attempts = db.execute(
         "SELECT number, started_at, duration_s, result, status, error, response, retry_after"
