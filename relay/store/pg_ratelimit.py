@@ -18,9 +18,9 @@ from relay.ratelimit import RateLimiter
 log = logging.getLogger("relay.store")
 
 TAKE_SLOT = (
-    "INSERT INTO rate_slots AS s (target, next_at) VALUES ($1, $2 + $3)"
-    " ON CONFLICT (target) DO UPDATE SET next_at = greatest(s.next_at, $2) + $3"
-    " RETURNING next_at - $3"
+    "INSERT INTO rate_slots AS s (target, next_at) VALUES ($1, $2::float8 + $3::float8)"
+    " ON CONFLICT (target) DO UPDATE SET next_at = greatest(s.next_at, $2::float8) + $3::float8"
+    " RETURNING next_at - $3::float8"
 )
 
 

@@ -26,6 +26,8 @@ Acquire = Callable[[], Any]  # an async context manager giving a pooled connecti
 
 def is_connection_loss(exc: BaseException) -> bool:
     """Whether `exc` says the connection or the server is gone (not what one write did)."""
+    if isinstance(exc, asyncpg.DataError):  # a value the driver cannot send: this write's own
+        return False
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
@@ -88,7 +90,8 @@ class PgGroupCommit:
             future.set_result(result)
 
     def _error(self, exc: Exception) -> StoreError:
-        if not isinstance(exc, asyncpg.PostgresError | StoreError) and not is_connection_loss(exc):
+        expected = asyncpg.PostgresError | asyncpg.DataError | StoreError
+        if not isinstance(exc, expected) and not is_connection_loss(exc):
             log.error("a store write raised %r", exc, exc_info=exc)  # a bug in a write
         return self._describe(exc)
 
