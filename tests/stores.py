@@ -69,3 +69,15 @@ async def side_sql(store: AnyStore, sql: str, *params: Any) -> None:
         await conn.execute(sql, *params)
     finally:
         await conn.close()
+
+
+async def side_fetch(store: AnyStore, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one query, read on a connection of its own."""
+    if isinstance(store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            return [tuple(row) for row in db.execute(sql)]
+    conn = await asyncpg.connect(**store.connect_options())
+    try:
+        return [tuple(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()

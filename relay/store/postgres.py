@@ -541,10 +541,12 @@ class PostgresStore:
         walk, purged = self._walk.start(now), 0
         while True:
             started = time.perf_counter()
+            op = partial(_purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
             batch_purged: int
-            batch_purged, walk, done = await self._on_connection(
-                partial(_purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
-            )
+            try:
+                ((batch_purged, walk, done),) = await self._writes.transaction([op])
+            except Exception as exc:
+                raise self._error(exc) from exc
             purged += batch_purged
             if done:
                 break
@@ -556,38 +558,40 @@ class PostgresStore:
 async def _purge_batch(
     conn: asyncpg.Connection, retention: RetentionPolicy, now: float, walk: Walk, limit: int
 ) -> tuple[int, Walk, bool]:
-    async with conn.transaction():
-        rows = [
-            (row[0], row[1])
-            for row in await conn.fetch(
-                "SELECT pk, received_at FROM events WHERE pk > $1 ORDER BY pk LIMIT $2",
-                walk.after_pk,
-                limit,
-            )
-        ]
-        examined = examinable(rows, retention, now)
-        deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
-        for event_pk, state, updated_at in await conn.fetch(
-            "SELECT event_pk, state, updated_at FROM deliveries WHERE event_pk = ANY($1::bigint[])"
-            " FOR UPDATE",
-            [pk for pk, _ in examined],
-        ):
-            deliveries.setdefault(event_pk, []).append((state, updated_at))
-        verdict = judge(examined, deliveries, retention, now, walk)
-        if verdict.expired:
-            await conn.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
-                " WHERE event_pk = ANY($1::bigint[]))",
-                verdict.expired,
-            )
-            await conn.execute(
-                "DELETE FROM deliveries WHERE event_pk = ANY($1::bigint[])", verdict.expired
-            )
-            deleted = await conn.execute(
-                "DELETE FROM events WHERE pk = ANY($1::bigint[])", verdict.expired
-            )
-        done = len(examined) < len(rows) or len(rows) < limit
-    return (_rowcount(deleted) if verdict.expired else 0), verdict.walk, done
+    """One batch, in the caller's transaction."""
+    rows = [
+        (row[0], row[1])
+        for row in await conn.fetch(
+            "SELECT pk, received_at FROM events WHERE pk > $1 ORDER BY pk LIMIT $2",
+            walk.after_pk,
+            limit,
+        )
+    ]
+    examined = examinable(rows, retention, now)
+    deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
+    for event_pk, state, updated_at in await conn.fetch(
+        "SELECT event_pk, state, updated_at FROM deliveries WHERE event_pk = ANY($1::bigint[])"
+        " FOR UPDATE",
+        [pk for pk, _ in examined],
+    ):
+        deliveries.setdefault(event_pk, []).append((state, updated_at))
+    verdict = judge(examined, deliveries, retention, now, walk)
+    deleted = 0
+    if verdict.expired:
+        await conn.execute(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+            " WHERE event_pk = ANY($1::bigint[]))",
+            verdict.expired,
+        )
+        await conn.execute(
+            "DELETE FROM deliveries WHERE event_pk = ANY($1::bigint[])", verdict.expired
+        )
+        status = await conn.execute(
+            "DELETE FROM events WHERE pk = ANY($1::bigint[])", verdict.expired
+        )
+        deleted = _rowcount(status)  # another replica's pass may have taken some
+    done = len(examined) < len(rows) or len(rows) < limit
+    return deleted, verdict.walk, done
 
 
 def _rowcount(status: str) -> int:
