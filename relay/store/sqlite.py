@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,11 +31,11 @@ from typing import Any, TypeVar
 from relay import jsoncodec
 from relay.errors import StoreError
 from relay.events import Delivery, Event
+from relay.ratelimit import Limiter, local_limiter
 from relay.store import sqlite_targets as targets
 from relay.store.base import (
     EVERY_DELIVERY,
     HELD_AT,
-    AttemptOutcome,
     AttemptResult,
     DeliveryDetail,
     DeliveryFilter,
@@ -59,8 +58,9 @@ from relay.store.health import (
     lost_reason,
 )
 from relay.store.purge import BATCH_EVENTS, Batch, Walk, purge_batch
+from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
 from relay.store.schema import migrate
-from relay.store.url import parse_store_url
+from relay.store.url import SqliteUrl, parse_store_url
 from relay.store.views import delivery_detail, list_deliveries
 
 log = logging.getLogger("relay.store")
@@ -69,12 +69,6 @@ T = TypeVar("T")
 
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
-# A pending result is an attempt to be retried.
-ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
-    "delivered": "delivered",
-    "pending": "retry",
-    "dead": "dead",
-}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
 
@@ -152,6 +146,8 @@ class SqliteStore:
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
         """The store a `sqlite:///` URL names (relay.store.url)."""
         parsed = parse_store_url(url)
+        if not isinstance(parsed, SqliteUrl):
+            raise ValueError(f"not a SQLite store: {parsed.shown}")
         return cls(
             parsed.path,
             clock,
@@ -244,6 +240,16 @@ class SqliteStore:
             if lost_reason(side, opened) is None:
                 side.unlink(missing_ok=True)
                 log.info("removed %s, the lost store's own", side.name)
+
+    async def migrate(self) -> int:
+        """`open` migrates the file; a second look finds nothing left to do."""
+        return 0
+
+    def on_new_deliveries(self, wake: Callable[[Iterable[str]], None]) -> None:
+        """One process per file: its own ingest wakes its workers."""
+
+    def rate_limiter(self, target: str, per_second: float) -> Limiter:
+        return local_limiter(target, per_second)
 
     async def wait_failed(self) -> StoreError:
         return await self._health.wait_failed()
@@ -392,7 +398,7 @@ class SqliteStore:
         events: dict[int, Event | str] = {}
         for row in rows:
             try:
-                events[row[0]] = _event_from_row(row)
+                events[row[0]] = event_from_row(row)
             except Exception as exc:  # a byte flipped on disk that SQLite cannot see
                 events[row[0]] = repr(exc)
                 log.error(
@@ -606,22 +612,6 @@ class SqliteStore:
             await asyncio.sleep(batch.took_s * PURGE_REST_RATIO)
         self._walk = walk
         return purged
-
-
-def _event_from_row(row: Sequence[Any]) -> Event:
-    _, source, event_id, event_type, received_at, body, headers, data_key, created_at = row
-    body = bytes(body)
-    return Event(
-        source=source,
-        id=event_id,
-        type=event_type,
-        received_at=received_at,
-        body=body,
-        payload=jsoncodec.loads(body),
-        headers=json.loads(headers),
-        data_key=data_key,
-        created_at=created_at,
-    )
 
 
 def _keyed(

@@ -8,6 +8,8 @@ read-only connection of its own; the writes go through its group commit.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from relay.store.base import TargetActivity, TargetPause, TargetStatus
 
@@ -40,8 +42,20 @@ def target_statuses(db: sqlite3.Connection) -> list[TargetStatus]:
     200,000 dead deliveries: docs/benchmarks.md)."""
     pending = {target: (count, oldest) for target, count, oldest in db.execute(PENDING_BY_TARGET)}
     dead = dict(db.execute(DEAD_BY_TARGET).fetchall())
-    stored = {row[0]: row[1:] for row in db.execute(STORED_STATE)}
+    stored = {row[0]: tuple(row[1:]) for row in db.execute(STORED_STATE)}
     received = _received_at_of(db, [oldest for _, oldest in pending.values()])
+    return assemble_statuses(pending, dead, stored, received)
+
+
+def assemble_statuses(
+    pending: Mapping[str, tuple[int, int]],
+    dead: Mapping[str, int],
+    stored: Mapping[str, tuple[Any, ...]],
+    received: Mapping[int, float],
+) -> list[TargetStatus]:
+    """Statuses by name from each target's (pending count, oldest pending id), dead count and
+    stored (paused_at, reason, last success, last error time, last error), and when the
+    oldest pending deliveries' events arrived (by delivery id)."""
     statuses = []
     for name in sorted({*pending, *dead, *stored}):
         count, oldest_id = pending.get(name, (0, None))
