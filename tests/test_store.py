@@ -269,3 +269,19 @@ async def test_a_file_a_newer_relay_migrated_is_refused_with_what_to_do(tmp_path
         f"this relay knows ({len(MIGRATIONS)}): a newer relay migrated it. Run that version, "
         "or restore the backup taken before the upgrade"
     )
+
+
+async def test_delivered_since_counts_each_targets_deliveries_settled_since(
+    store: AnyStore, clock: Clock
+) -> None:
+    """The console's deliveries per minute."""
+    for event_id in ("e1", "e2", "e3"):
+        await store.ingest(event(event_id), ["a", "b"])
+    early = await store.claim("a", 1, lease_s=30)
+    await store.record([AttemptResult(d.id, "delivered") for d in early])
+    clock.now += 60
+    late = await store.claim("a", 2, lease_s=30) + await store.claim("b", 1, lease_s=30)
+    await store.record([AttemptResult(d.id, "delivered") for d in late])
+    assert await store.delivered_since(clock.now - 30) == {"a": 2, "b": 1}
+    assert await store.delivered_since(clock.now - 90) == {"a": 3, "b": 1}
+    assert await store.delivered_since(clock.now + 1) == {}

@@ -48,6 +48,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_order ON deliveries (target, order_key, id)
         WHERE state = 'pending' AND order_key IS NOT NULL;
     CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';
+    CREATE INDEX deliveries_delivered ON deliveries (updated_at, target)
+        WHERE state = 'delivered';
     CREATE INDEX events_kind ON events (source, type, pk);
     CREATE INDEX events_received ON events (received_at);
     CREATE TABLE attempts (

@@ -531,6 +531,15 @@ class PostgresStore:
         )
         return {target: count for target, count in rows}
 
+    async def delivered_since(self, since: float) -> dict[str, int]:
+        """A range of the partial index of delivered deliveries by settling time."""
+        rows = await self._fetch(
+            "SELECT target, count(*) FROM deliveries"
+            " WHERE state = 'delivered' AND updated_at >= $1 GROUP BY target",
+            since,
+        )
+        return {target: count for target, count in rows}
+
     # -- retention -------------------------------------------------------------------------
 
     async def purge(self, retention: RetentionPolicy, batch_events: int = BATCH_EVENTS) -> int:
