@@ -19,11 +19,12 @@ pool opens new connections by itself once the server answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -223,10 +224,22 @@ class PostgresStore:
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
-    def _acquire(self) -> Any:
-        if self._pool is None:
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, given back whatever happens. Giving back a connection the
+        server has just ended raises; that must not turn a commit made on it into an error
+        (the writers would be told 503, and their retries would be duplicates)."""
+        pool = self._pool
+        if pool is None:
             raise StoreError(f"store {self.url.shown} is not open")
-        return self._pool.acquire(timeout=self._connect_timeout_s + self._command_timeout_s)
+        conn = await pool.acquire(timeout=self._connect_timeout_s + self._command_timeout_s)
+        try:
+            yield cast(asyncpg.Connection, conn)  # the pool's proxy answers as a connection
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:  # the pool has closed it and opens another when needed
+                log.debug("store: a connection ended as it was given back: %r", exc)
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, StoreError):
