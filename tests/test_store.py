@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -255,3 +256,11 @@ async def test_an_event_that_cannot_be_read_back_is_dead_and_does_not_stall_its_
     assert dead.last_error is not None
     assert dead.last_error.startswith("the stored event cannot be read: ")
     assert await store.claim("a", 10, lease_s=30) == []
+
+
+async def test_a_file_written_by_a_newer_relay_is_refused(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "relay.db")) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    store = SqliteStore(tmp_path / "relay.db", Clock())
+    with pytest.raises(StoreError, match="newer than this relay knows"):
+        await store.open()

@@ -49,7 +49,7 @@ from relay.store.base import (
 )
 from relay.store.pg_listen import Listener, WakeTargets, channel_name
 from relay.store.pg_ratelimit import SharedRateLimiter
-from relay.store.pg_schema import migrate
+from relay.store.pg_schema import MIGRATIONS, migrate
 from relay.store.pg_writes import PgGroupCommit, is_connection_loss
 from relay.store.purge import BATCH_EVENTS, Walk, examinable, judge
 from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
@@ -142,7 +142,6 @@ class PostgresStore:
         self._writes = PgGroupCommit(self._acquire, self._error)
         self.channel = channel_name(url.schema)
         self._listener: Listener | None = None
-        self._closed = asyncio.Event()
         self._walk = Walk()
 
     @property
@@ -174,12 +173,19 @@ class PostgresStore:
                 " PostgreSQL runs there and that the user, password and database are right"
             ) from exc
         try:
-            await self.migrate()
+            steps = await self.migrate()
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
-        self._closed.clear()
+        if steps:
+            log.info(
+                "store %s: schema %s migrated to version %d (%d steps)",
+                self.url.shown,
+                self.url.schema,
+                len(MIGRATIONS),
+                steps,
+            )
         if daemon:
             self._listener = Listener(self.connect_options(), self.channel)
             await self._listener.start()
@@ -214,7 +220,6 @@ class PostgresStore:
                 await asyncio.wait_for(pool.close(), self._command_timeout_s)
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 pool.terminate()
-        self._closed.set()
 
     async def wait_failed(self) -> StoreError:
         """A PostgreSQL store does not fail for good: it recovers when the server is back."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from relay.errors import StoreError
+
 # Each entry brings the schema from the previous version to its own; the file records its
 # version in `PRAGMA user_version`. Append, never edit: operators' files are at every version.
 MIGRATIONS: tuple[str, ...] = (
@@ -78,9 +80,16 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Bring the file to the newest schema, one transaction per step."""
+    """Bring the file to the newest schema, one transaction per step; StoreError if a newer
+    relay wrote it (this one would write rows that relay does not expect)."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
         version = 1  # written before versions were recorded
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the store file is at schema version {version}, newer than this relay knows (up"
+            f" to {len(MIGRATIONS)}): a newer relay wrote it. Run that version of relay (or"
+            " newer) on it"
+        )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
