@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli import main
 from relay.errors import StoreError
 from relay.events import Event
 from relay.store.base import AttemptResult
@@ -194,3 +195,15 @@ async def test_the_store_lives_in_its_schema_alone(
         "relay_schema",
         "targets",
     ]
+
+
+async def test_relay_migrate_brings_the_schema_up_to_date_and_says_so(
+    pg: Postgres, url: PostgresUrl, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "relay.yaml"
+    config.write_text(f'store: "{url}"\n', encoding="utf-8")
+    assert await asyncio.to_thread(main, ["migrate", "-c", str(config)]) == 0
+    assert "the store's schema is up to date" in capsys.readouterr().out
+    versions = await pg.fetch(f'SELECT max(version) FROM "{url.schema}".{VERSION_TABLE}')
+    assert versions == [(len(MIGRATIONS),)]
+    assert await asyncio.to_thread(main, ["migrate", "-c", str(config)]) == 0  # nothing to do

@@ -195,11 +195,6 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def migrate(self) -> int:
-        """Bring the schema to this relay's version (`open` does too); how many steps ran.
-        StoreError if the store was written by a newer relay."""
-        ...
-
     def on_new_deliveries(self, wake: Callable[[Iterable[str]], None]) -> None:
         """Call `wake(targets)` when another process stores deliveries for those targets (a
         store shared by replicas); this process's own ingest wakes its workers itself."""

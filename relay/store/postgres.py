@@ -19,11 +19,12 @@ pool opens new connections by itself once the server answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -48,7 +49,7 @@ from relay.store.base import (
 )
 from relay.store.pg_listen import Listener, WakeTargets, channel_name
 from relay.store.pg_ratelimit import SharedRateLimiter
-from relay.store.pg_schema import migrate
+from relay.store.pg_schema import MIGRATIONS, migrate
 from relay.store.pg_writes import PgGroupCommit, is_connection_loss
 from relay.store.purge import BATCH_EVENTS, Walk, examinable, judge
 from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
@@ -141,7 +142,6 @@ class PostgresStore:
         self._writes = PgGroupCommit(self._acquire, self._error)
         self.channel = channel_name(url.schema)
         self._listener: Listener | None = None
-        self._closed = asyncio.Event()
         self._walk = Walk()
 
     @property
@@ -173,12 +173,19 @@ class PostgresStore:
                 " PostgreSQL runs there and that the user, password and database are right"
             ) from exc
         try:
-            await self.migrate()
+            steps = await self.migrate()
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
-        self._closed.clear()
+        if steps:
+            log.info(
+                "store %s: schema %s migrated to version %d (%d steps)",
+                self.url.shown,
+                self.url.schema,
+                len(MIGRATIONS),
+                steps,
+            )
         if daemon:
             self._listener = Listener(self.connect_options(), self.channel)
             await self._listener.start()
@@ -213,7 +220,6 @@ class PostgresStore:
                 await asyncio.wait_for(pool.close(), self._command_timeout_s)
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 pool.terminate()
-        self._closed.set()
 
     async def wait_failed(self) -> StoreError:
         """A PostgreSQL store does not fail for good: it recovers when the server is back."""
@@ -223,10 +229,22 @@ class PostgresStore:
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
 
-    def _acquire(self) -> Any:
-        if self._pool is None:
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, given back whatever happens. Giving back a connection the
+        server has just ended raises; that must not turn a commit made on it into an error
+        (the writers would be told 503, and their retries would be duplicates)."""
+        pool = self._pool
+        if pool is None:
             raise StoreError(f"store {self.url.shown} is not open")
-        return self._pool.acquire(timeout=self._connect_timeout_s + self._command_timeout_s)
+        conn = await pool.acquire(timeout=self._connect_timeout_s + self._command_timeout_s)
+        try:
+            yield cast(asyncpg.Connection, conn)  # the pool's proxy answers as a connection
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:  # the pool has closed it and opens another when needed
+                log.debug("store: a connection ended as it was given back: %r", exc)
 
     def _error(self, exc: BaseException) -> StoreError:
         if isinstance(exc, StoreError):

@@ -241,10 +241,6 @@ class SqliteStore:
                 side.unlink(missing_ok=True)
                 log.info("removed %s, the lost store's own", side.name)
 
-    async def migrate(self) -> int:
-        """`open` migrates the file; a second look finds nothing left to do."""
-        return 0
-
     def on_new_deliveries(self, wake: Callable[[Iterable[str]], None]) -> None:
         """One process per file: its own ingest wakes its workers."""
 

@@ -46,6 +46,10 @@ class SqliteUrl:
             (base_dir / self.path).resolve(), self.synchronous, self.busy_timeout, self.query
         )
 
+    @property
+    def shown(self) -> str:
+        return str(self)
+
     def __str__(self) -> str:
         return f"{SQLITE}{self.path}" + (f"?{self.query}" if self.query else "")
 
