@@ -51,6 +51,7 @@ def conditions(state: DeliveryState | None, where: DeliveryFilter) -> tuple[list
     add("e.source = ?", where.source)
     add("e.event_id = ?", where.event_id)
     add("e.received_at >= ?", where.since)
+    add("e.received_at < ?", where.until)
     add("d.id = ANY(?::bigint[])", sorted(where.delivery_ids) if where.delivery_ids else None)
     if where.delivery_ids is not None and not where.delivery_ids:
         found.append("FALSE")
