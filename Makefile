@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-warehouse schema clean
+.PHONY: run test lint bench bench-backlog bench-instructions bench-warehouse schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+bench-backlog: $(STAMP)  # relay beside 1,000,000 pending deliveries (about 3 minutes)
+	$(BIN)/python bench/backlog.py
+
+bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 2 minutes
+	$(BIN)/python bench/instructions.py
 
 bench-warehouse: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
 	$(BIN)/python bench/warehouse.py

@@ -160,8 +160,8 @@ def stop_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait_ready(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while True:
         server.check_alive()
         try:
@@ -171,7 +171,7 @@ def _wait_ready(server: Server) -> None:
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise BenchError(f"{server.name} not ready after {START_TIMEOUT_S:g}s")
+            raise BenchError(f"{server.name} not ready after {timeout_s:g}s")
         time.sleep(0.05)
 
 
@@ -194,6 +194,7 @@ def running(
     log: Path,
     cwd: Path = REPO_DIR,
     env: dict[str, str] | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[Server]:
     """Start `argv`, wait for GET /healthz on `port`, yield; stop it however the block ends."""
     with log.open("wb") as log_file:
@@ -208,7 +209,7 @@ def running(
         )
     server = Server(name, port, process, log)
     try:
-        _wait_ready(server)
+        _wait_ready(server, start_timeout_s)
         yield server
     finally:
         _stop(server)
@@ -255,3 +256,16 @@ def run_loadgen(args: Sequence[str], timeout_s: float) -> dict[str, Any]:
         raise BenchError(f"load generator failed ({done.returncode}):\n{stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def memory_bytes(pid: int) -> dict[str, int]:
+    """A running process's resident memory now (`rss`) and its peak so far (`peak_rss`), from
+    /proc (Linux; empty elsewhere)."""
+    fields = {"VmRSS:": "rss", "VmHWM:": "peak_rss"}
+    memory = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, *value = line.split()
+            if name in fields and value:
+                memory[fields[name]] = int(value[0]) * 1024  # kB
+    return memory

@@ -141,7 +141,9 @@ class Daemon:
 
     async def _bind_targets(self, app: web.Application) -> AsyncIterator[None]:
         assert self._session is not None
-        resources = self._resources = Resources(self._session, self._clock, self._out)
+        resources = self._resources = Resources(
+            self._session, self._clock, self._out, self.store.rate_limiter
+        )
         self._targets = {name: plan.bind(resources) for name, plan in self.compiled.targets.items()}
         yield
         for target in reversed(self._targets.values()):
@@ -158,6 +160,7 @@ class Daemon:
             self._grace_s,
         )
         app[DISPATCHER] = self.dispatcher
+        self.store.on_new_deliveries(self._notify)  # other replicas' events
         await self._forget_order_keys(self.config)
         self.dispatcher.start()
         await self._report_waiting(self.config)

@@ -34,7 +34,9 @@ from relay.redaction import Redactor, config_secrets, redact_request
 from relay.schema import config_schema_text
 from relay.send import post, sign_request
 from relay.server import RESERVED_FILES, RelayRunner, connection_cap, raise_open_file_limit
+from relay.store import open_store
 from relay.store.base import Store
+from relay.store.url import parse_store_url
 from relay.targets_cli import run as run_targets_command
 
 log = logging.getLogger("relay")
@@ -69,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 
     command("run", "Run the daemon.").set_defaults(command=run)
     command("check", "Load and compile the config; list every problem.").set_defaults(command=check)
+    command(
+        "migrate", "Bring the store's schema up to date (relay run does too, at start)."
+    ).set_defaults(command=migrate)
     listing_help = "List (the default), show and replay deliveries; the daemon may be running."
     listing = commands.add_parser("deliveries", help=listing_help, description=listing_help)
     add_deliveries_arguments(listing)
@@ -360,6 +365,24 @@ def deliveries(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     return _store_command(run_deliveries_command(args, config))
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """`relay migrate -c CONFIG`: what `relay run` does to the schema at start, alone (before
+    a rolling upgrade of replicas, say); safe beside running replicas of the same version."""
+    config = _load(args.config)
+    if config is None:
+        return 1
+
+    async def run_migrations() -> None:
+        store = open_store(config.store, time.time)
+        await store.open(daemon=False)  # migrates, under the store's lock
+        await store.close()
+
+    code = _store_command(run_migrations())
+    if code == 0:
+        print(f"relay: the store's schema is up to date ({parse_store_url(config.store).shown})")
+    return code
 
 
 def targets_command(args: argparse.Namespace) -> int:

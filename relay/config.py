@@ -208,7 +208,8 @@ class Config(Model):
     """The admin listener (health, readiness, metrics, the JSON API), on a port of its own."""
     store: str = "sqlite:///var/relay.db"
     """Where relay keeps events and deliveries: sqlite:///PATH (relative to this file), with
-    ?synchronous=normal|full and ?busy_timeout=5s."""
+    ?synchronous=normal|full and ?busy_timeout=5s; or postgresql://USER@HOST:PORT/DATABASE
+    (the password from ${VAR}), with ?sslmode=... and ?schema=NAME, which replicas share."""
     retention: RetentionConfig = RetentionConfig()
     """How long settled events stay in the store."""
     limits: LimitsConfig = LimitsConfig()

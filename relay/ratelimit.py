@@ -1,7 +1,8 @@
 """Per-target send rate: sends are spaced at least 1/rate apart; a burst waits, nothing drops.
 
 The queue is the store: deliveries beyond what the limiter lets through stay pending there.
-The limit is per process; replicas sharing a store each apply it.
+This limiter is per process; a store that replicas share gives each target one limiter for
+all of them (relay/store/pg_ratelimit.py) through `Store.rate_limiter`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    @property
+    def interval_s(self) -> float:
+        """The time between two sends at the limit."""
+        ...
+
+    async def acquire(self) -> None:
+        """Wait for the next send slot."""
+        ...
 
 
 class RateLimiter:
@@ -34,3 +47,8 @@ class RateLimiter:
         wait_s = self.reserve()
         if wait_s > 0:
             await self._sleep(wait_s)
+
+
+def local_limiter(target: str, per_second: float) -> Limiter:
+    """The limiter of a target whose sends no other process shares."""
+    return RateLimiter(per_second)

@@ -27,6 +27,7 @@ from relay.loading import load_config
 from relay.server import RelayRunner
 from relay.store.base import DeliveryRecord, Store
 from tests.receiver import Receiver
+from tests.stores import STORE_KINDS
 
 SECRET = "test-secret"
 
@@ -48,6 +49,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "relay"))
 def hmac_hex(secret: str, body: bytes) -> str:
     """Computed here, independently of relay.signing, so tests pin the scheme."""
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run the test once against each store implementation (tests/stores.py)."""
+    kind: str = request.param
+    return kind
 
 
 @pytest.fixture

@@ -52,13 +52,18 @@ def relay_config(
     concurrency: int = 4,
     store: str = "relay.db",
     admin_port: int | None = None,
+    store_url: str | None = None,
+    max_per_second: float | None = None,
 ) -> str:
     """One open source at /hooks/in routed to one http target, with short retries; the admin
-    listener on `admin_port` (default: a free port)."""
+    listener on `admin_port` (default: a free port). The store is the SQLite file `store`
+    unless `store_url` names another."""
     admin_port = free_port() if admin_port is None else admin_port
+    store_url = f"sqlite:///{store}" if store_url is None else store_url
+    limit = "" if max_per_second is None else f"max_per_second: {max_per_second}"
     return listeners(port, admin_port) + textwrap.dedent(
         f"""\
-        store: "sqlite:///{store}"
+        store: "{store_url}"
         sources:
           in:
             path: /hooks/in
@@ -69,6 +74,7 @@ def relay_config(
             timeout: 5s
             concurrency: {concurrency}
             retry: {{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}}
+            {limit}
         routes:
           - targets: [out]
         """

@@ -192,7 +192,10 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "store of an unsupported kind",
         'store: "mysql://db/relay"\n',
-        ['store: unsupported store "mysql://...": use sqlite:///PATH'],
+        [
+            'store: unsupported store "mysql://...": use sqlite:///PATH'
+            " or postgresql://USER@HOST:PORT/DATABASE"
+        ],
     ),
     (
         "sqlite store without a file",
@@ -945,7 +948,7 @@ def test_secrets_are_hidden_in_repr_and_str(write_config: ConfigWriter) -> None:
 
 def test_secrets_never_appear_in_problems_or_tracebacks(write_config: ConfigWriter) -> None:
     yaml_text = """\
-        store: "postgresql://relay:db-passw0rd@db/relay"
+        store: "postgresql://relay:db-passw0rd@db/relay?pool=9"
         sources:
           s: {path: s, verify: {scheme: hmac-sha256, secret: verify-s3cret, header: "X Y"}}
         targets:
@@ -967,7 +970,7 @@ def test_secrets_never_appear_in_problems_or_tracebacks(write_config: ConfigWrit
     with pytest.raises(ConfigError) as caught:
         load_config(path, {})
     assert caught.value.problems == [
-        'store: unsupported store "postgresql://...": use sqlite:///PATH',
+        'store: unknown option "pool" (use sslmode, schema, application_name)',
         'sources.s.path: path must start with "/", got "s"',
         'sources.s.verify.header: invalid header name "X Y": use letters, digits and "-"',
         'targets.a.url: url must be http(s)://HOST/..., got "hooks.example.com/..."',

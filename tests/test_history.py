@@ -27,6 +27,7 @@ from relay.store.sqlite import SqliteStore
 from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.receiver import Receiver, Reply
+from tests.stores import open_test_store, side_fetch
 from tests.test_store import Clock, event
 
 TOKEN = "tok-5e4d3c2b1a"
@@ -231,11 +232,11 @@ async def test_a_warehouse_batch_records_one_attempt_per_delivery_with_the_write
     assert "not a number" in failed.error
 
 
-async def test_retention_purges_the_attempts_with_their_event(tmp_path: Path) -> None:
+async def test_retention_purges_the_attempts_with_their_event(
+    store_kind: str, tmp_path: Path
+) -> None:
     clock = Clock()
-    store = SqliteStore(tmp_path / "relay.db", clock)
-    await store.open()
-    try:
+    async with open_test_store(store_kind, tmp_path, clock) as store:
         await store.ingest(event("old"), ["a"])
         (claimed,) = await store.claim("a", 1, lease_s=30)
         await store.record([AttemptResult(claimed.id, "delivered", status=200, attempt=1)])
@@ -246,7 +247,7 @@ async def test_retention_purges_the_attempts_with_their_event(tmp_path: Path) ->
             [AttemptResult(kept.id, "dead", status=500, error="HTTP 500", attempt=1)]
         )
         assert await store.purge(RetentionPolicy(delivered_s=7 * 86_400, dead_s=30 * 86_400)) == 1
-        rows = store._read("SELECT delivery_id, result FROM attempts")
+        rows = await side_fetch(store, "SELECT delivery_id, result FROM attempts")
         assert rows == [(kept.id, "dead")]
         assert await store.delivery(claimed.id) is None
         detail = await store.delivery(kept.id)
@@ -254,8 +255,6 @@ async def test_retention_purges_the_attempts_with_their_event(tmp_path: Path) ->
         assert [(a.number, a.result, a.status, a.error) for a in detail.attempts] == [
             (1, "dead", 500, "HTTP 500")
         ]
-    finally:
-        await store.close()
 
 
 async def test_a_store_from_before_the_history_is_migrated_and_its_deliveries_listed(

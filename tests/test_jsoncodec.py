@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay import jsoncodec
 
@@ -50,3 +54,56 @@ def test_nesting_up_to_the_limit_parses_however_deep_the_caller_is(prefix: bytes
 
     value = nested(sys.getrecursionlimit() - 100)
     assert isinstance(value, list)
+
+
+# The check it replaced: its answers are the reference.
+_OLD_CHECK = re.compile(rb"\d{19}")
+_DIGIT_HEAVY = st.binary(max_size=80) | st.lists(
+    st.sampled_from([b"0", b"9", b"5", b"1234567890", b"-", b".", b"e", b" ", b"\xd9\xa3", b"a"]),
+    max_size=40,
+).map(b"".join)
+
+
+@given(_DIGIT_HEAVY)
+def test_the_19_digit_check_answers_as_the_regex_did(data: bytes) -> None:
+    assert jsoncodec.may_exceed_64_bits(data) == bool(_OLD_CHECK.search(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"1234567890123456789", True),  # 19 digits: 2**63 has them
+        (b"123456789012345678", False),  # 18: always within 64 bits
+        (b'{"n": 123456789012345678, "m": 9}', False),
+        (b'{"s": "x0000000000000000000y"}', True),  # inside a string counts too: harmless
+        ("١٢٣٤٥٦٧٨٩١٢٣٤٥٦٧٨٩١".encode(), False),  # only ASCII digits are digits in bytes
+    ],
+)
+def test_the_19_digit_check(data: bytes, expected: bool) -> None:
+    assert jsoncodec.may_exceed_64_bits(data) is expected
+
+
+def _old_loads(data: bytes) -> object:
+    """jsoncodec.loads as it was with the regex check."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+    return json.loads(data) if _OLD_CHECK.search(data) else value
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+@given(_JSON)
+def test_loads_gives_what_it_gave_with_the_regex_check(value: object) -> None:
+    data = json.dumps(value).encode()
+    assert repr(jsoncodec.loads(data)) == repr(_old_loads(data))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from relay.loading import load_config
 from relay.ordering import MAX_KEY_CHARS, OrderKeys, key_text
 from relay.render import TemplateCompiler
 from relay.store.base import HELD_AT, AttemptResult, DeliveryRecord
-from relay.store.sqlite import SqliteStore
 from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.receiver import Received, Receiver, Reply, wait_until
+from tests.stores import AnyStore, open_test_store, side_sql
 
 # -- keys ---------------------------------------------------------------------------------------
 
@@ -104,25 +103,23 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "relay.db", clock)
-    await store.open()
-    yield store
-    await store.close()
+async def store(store_kind: str, tmp_path: Path, clock: FakeClock) -> AsyncIterator[AnyStore]:
+    async with open_test_store(store_kind, tmp_path, clock) as store:
+        yield store
 
 
-async def ingest(store: SqliteStore, *events: tuple[str, str | None]) -> None:
+async def ingest(store: AnyStore, *events: tuple[str, str | None]) -> None:
     """(event id, key) pairs, in this order, to target `t`."""
     for event_id, key in events:
         keys = {"t": key} if key is not None else None
         await store.ingest(event(event_id), ["t"], keys)
 
 
-async def claim_ids(store: SqliteStore, limit: int = 10) -> list[str]:
+async def claim_ids(store: AnyStore, limit: int = 10) -> list[str]:
     return [d.event.id for d in await store.claim("t", limit, lease_s=30)]
 
 
-async def settle(store: SqliteStore, event_id: str, state: str, retry_at: float = 0.0) -> None:
+async def settle(store: AnyStore, event_id: str, state: str, retry_at: float = 0.0) -> None:
     (record,) = [r for r in await store.deliveries() if r.event_id == event_id]
     next_at = retry_at if state == "pending" else None
     await store.record(
@@ -131,7 +128,7 @@ async def settle(store: SqliteStore, event_id: str, state: str, retry_at: float 
 
 
 async def test_only_the_oldest_pending_delivery_of_each_key_is_claimed(
-    store: SqliteStore, clock: FakeClock
+    store: AnyStore, clock: FakeClock
 ) -> None:
     await ingest(store, ("a1", "A"), ("a2", "A"), ("b1", "B"), ("n1", None), ("a3", "A"))
     assert await claim_ids(store) == ["a1", "b1", "n1"]
@@ -147,7 +144,7 @@ async def test_only_the_oldest_pending_delivery_of_each_key_is_claimed(
     assert await claim_ids(store) == ["a3"]
 
 
-async def test_keys_order_per_target(store: SqliteStore) -> None:
+async def test_keys_order_per_target(store: AnyStore) -> None:
     await store.ingest(event("e1"), ["t", "u"], {"t": "A", "u": "A"})
     await store.ingest(event("e2"), ["t", "u"], {"t": "A", "u": "A"})
     assert [d.event.id for d in await store.claim("u", 10, 30)] == ["e1"]
@@ -155,7 +152,7 @@ async def test_keys_order_per_target(store: SqliteStore) -> None:
 
 
 async def test_a_replayed_delivery_waits_behind_the_pending_one_of_its_key(
-    store: SqliteStore,
+    store: AnyStore,
 ) -> None:
     await ingest(store, ("a1", "A"), ("a2", "A"))
     assert await claim_ids(store) == ["a1"]
@@ -169,13 +166,14 @@ async def test_a_replayed_delivery_waits_behind_the_pending_one_of_its_key(
 
 
 async def test_a_delivery_made_due_beside_an_older_one_of_its_key_still_waits(
-    store: SqliteStore, clock: FakeClock
+    store: AnyStore, clock: FakeClock
 ) -> None:
     """The claim itself hands out only the oldest pending one of a key, whatever made the
     later one due (here an edit by hand, as a replay written elsewhere might)."""
     await ingest(store, ("a1", "A"), ("a2", "A"))
-    with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE deliveries SET next_attempt_at = ? WHERE order_key = 'A'", (clock.now,))
+    await side_sql(
+        store, "UPDATE deliveries SET next_attempt_at = ? WHERE order_key = 'A'", clock.now
+    )
     assert await claim_ids(store) == ["a1"]
     assert await store.next_due_at("t") is None  # a1 is leased, a2 waits for it
     await settle(store, "a1", "delivered")
@@ -183,7 +181,7 @@ async def test_a_delivery_made_due_beside_an_older_one_of_its_key_still_waits(
 
 
 async def test_forgetting_the_keys_lets_the_held_deliveries_go_unordered(
-    store: SqliteStore,
+    store: AnyStore,
 ) -> None:
     await ingest(store, ("a1", "A"), ("a2", "A"), ("a3", "A"))
     assert await claim_ids(store) == ["a1"]

@@ -22,6 +22,7 @@ from relay.store.base import AttemptResult, DeliveryState, RetentionPolicy
 from relay.store.sqlite import SqliteStore
 from tests.conftest import ConfigWriter, StartRelay
 from tests.receiver import wait_until
+from tests.stores import AnyStore, open_test_store, side_fetch
 from tests.test_store import Clock
 
 DAY_S = 86_400.0
@@ -34,7 +35,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteStore]:
+async def store(store_kind: str, tmp_path: Path, clock: Clock) -> AsyncIterator[AnyStore]:
+    async with open_test_store(store_kind, tmp_path, clock) as store:
+        yield store
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(tmp_path / "relay.db", clock, busy_timeout_ms=50)
     await store.open()
     yield store
@@ -45,13 +52,13 @@ def arrived(clock: Clock, event_id: str, body: bytes = b"{}") -> Event:
     return Event("src", event_id, "t", clock.now, body, {}, {})
 
 
-async def settle(store: SqliteStore, target: str, state: DeliveryState, count: int = 1) -> None:
+async def settle(store: AnyStore, target: str, state: DeliveryState, count: int = 1) -> None:
     claimed = await store.claim(target, count, lease_s=30)
     assert len(claimed) == count
     await store.record([AttemptResult(d.id, state, status=200) for d in claimed])
 
 
-async def stored_ids(store: SqliteStore) -> set[str]:
+async def stored_ids(store: AnyStore) -> set[str]:
     records = await store.deliveries(limit=10_000)
     return {r.event_id for r in records}
 
@@ -74,7 +81,7 @@ def test_an_event_expires_when_its_last_delivery_has_been_settled_long_enough() 
 
 
 async def test_purge_deletes_settled_events_past_retention_and_keeps_the_rest(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     await store.ingest(arrived(clock, "delivered"), ["a"])
     await settle(store, "a", "delivered")
@@ -100,9 +107,7 @@ async def test_purge_deletes_settled_events_past_retention_and_keeps_the_rest(
     assert await store.purge(WEEK) == 0
 
 
-async def test_a_repeat_of_a_purged_event_is_accepted_as_new(
-    store: SqliteStore, clock: Clock
-) -> None:
+async def test_a_repeat_of_a_purged_event_is_accepted_as_new(store: AnyStore, clock: Clock) -> None:
     await store.ingest(arrived(clock, "e1"), ["a"])
     await settle(store, "a", "delivered")
     assert (await store.ingest(arrived(clock, "e1"), ["a"])).duplicate
@@ -113,7 +118,7 @@ async def test_a_repeat_of_a_purged_event_is_accepted_as_new(
 
 
 async def test_a_dead_delivery_can_be_replayed_until_it_is_purged(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     await store.ingest(arrived(clock, "e1"), ["a"])
     await settle(store, "a", "dead")
@@ -127,7 +132,7 @@ async def test_a_dead_delivery_can_be_replayed_until_it_is_purged(
 
 
 async def test_a_pass_deletes_a_few_hundred_events_per_transaction(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     await asyncio.gather(*(store.ingest(arrived(clock, f"e{i}"), []) for i in range(1_000)))
     clock.now += 8 * DAY_S
@@ -138,7 +143,7 @@ async def test_a_pass_deletes_a_few_hundred_events_per_transaction(
 
 
 async def test_events_kept_by_one_pass_are_purged_by_a_later_one(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     """A pass resumes where the last stopped, but never past an event that may go by then."""
     await store.ingest(arrived(clock, "dead"), ["b"])
@@ -161,7 +166,7 @@ async def test_events_kept_by_one_pass_are_purged_by_a_later_one(
 
 
 async def test_a_pass_starts_where_the_last_stopped_until_a_kept_event_may_go(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     for i in range(30):
         await store.ingest(arrived(clock, f"dead{i}"), ["b"])
@@ -179,7 +184,7 @@ async def test_a_pass_starts_where_the_last_stopped_until_a_kept_event_may_go(
 
 
 async def test_an_event_numbered_after_a_purge_emptied_the_table_is_purged_too(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     """SQLite numbers a new row after the newest left, reusing purged numbers."""
     for i in range(20):
@@ -192,8 +197,9 @@ async def test_an_event_numbered_after_a_purge_emptied_the_table_is_purged_too(
 
 
 async def test_with_retention_the_file_stops_growing_under_steady_load(
-    store: SqliteStore, clock: Clock
+    sqlite_store: SqliteStore, clock: Clock
 ) -> None:
+    store = sqlite_store
     """A day's events per round, settled; retention keeps a week: pages freed are reused."""
     body = b'{"data": "%s"}' % (b"y" * 700)
     page_counts, freelists = [], []
@@ -271,8 +277,9 @@ routes:
 
 
 async def test_a_purger_whose_store_fails_says_so_and_tries_again(
-    store: SqliteStore, clock: Clock, caplog: pytest.LogCaptureFixture
+    sqlite_store: SqliteStore, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    store = sqlite_store
     await store.ingest(arrived(clock, "e1"), [])
     purger = Purger(store, WEEK, Metrics(), interval_s=0.01)
     blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
@@ -299,7 +306,7 @@ def _count_events(store: SqliteStore) -> int:
 
 
 async def test_each_pass_purges_exactly_what_the_rule_lets_go(
-    store: SqliteStore, clock: Clock
+    store: AnyStore, clock: Clock
 ) -> None:
     """Random ingests, outcomes, replays and passes (seeded) against the rule applied to every
     event the store holds: a pass leaves exactly the events whose time has not come."""
@@ -320,19 +327,18 @@ async def test_each_pass_purges_exactly_what_the_rule_lets_go(
         elif action < 0.95:
             clock.now += rng.uniform(0.0, 3.0)
         else:
-            expected = _survivors(store.path, retention, clock.now)
+            expected = await _survivors(store, retention, clock.now)
             await store.purge(retention, batch_events=rng.randint(1, 8))
-            assert _event_ids(store.path) == expected, f"step {step}"
+            assert await _event_ids(store) == expected, f"step {step}"
 
 
-def _survivors(path: Path, retention: RetentionPolicy, now: float) -> set[str]:
-    with sqlite3.connect(path) as db:
-        events = db.execute("SELECT pk, event_id, received_at FROM events").fetchall()
-        deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
-        for event_pk, state, updated_at in db.execute(
-            "SELECT event_pk, state, updated_at FROM deliveries"
-        ):
-            deliveries.setdefault(event_pk, []).append((state, updated_at))
+async def _survivors(store: AnyStore, retention: RetentionPolicy, now: float) -> set[str]:
+    events = await side_fetch(store, "SELECT pk, event_id, received_at FROM events")
+    deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
+    for event_pk, state, updated_at in await side_fetch(
+        store, "SELECT event_pk, state, updated_at FROM deliveries"
+    ):
+        deliveries.setdefault(event_pk, []).append((state, updated_at))
     kept = set()
     for pk, event_id, received_at in events:
         expiry = retention.expires_at(received_at, deliveries.get(pk, []))
@@ -341,6 +347,5 @@ def _survivors(path: Path, retention: RetentionPolicy, now: float) -> set[str]:
     return kept
 
 
-def _event_ids(path: Path) -> set[str]:
-    with sqlite3.connect(path) as db:
-        return {row[0] for row in db.execute("SELECT event_id FROM events")}
+async def _event_ids(store: AnyStore) -> set[str]:
+    return {row[0] for row in await side_fetch(store, "SELECT event_id FROM events")}

@@ -9,29 +9,47 @@ from pathlib import Path
 import pytest
 
 from relay.store.sqlite import SqliteStore
-from relay.store.url import parse_store_url
+from relay.store.url import PostgresUrl, SqliteUrl, parse_store_url
 
 
 def test_a_relative_file_is_resolved_against_the_config_and_options_are_kept(
     tmp_path: Path,
 ) -> None:
     parsed = parse_store_url("sqlite:///var/relay.db?synchronous=full&busy_timeout=2s")
+    assert isinstance(parsed, SqliteUrl)
     assert parsed.path == Path("var/relay.db")
     assert parsed.synchronous == "full"
     assert parsed.busy_timeout == timedelta(seconds=2)
     resolved = parsed.resolved(tmp_path)
     assert str(resolved) == f"sqlite:///{tmp_path}/var/relay.db?synchronous=full&busy_timeout=2s"
     assert parse_store_url(str(resolved)) == resolved
-    assert parse_store_url("sqlite:////abs/relay.db").resolved(tmp_path).path == Path(
-        "/abs/relay.db"
-    )
+    absolute = parse_store_url("sqlite:////abs/relay.db").resolved(tmp_path)
+    assert isinstance(absolute, SqliteUrl)
+    assert absolute.path == Path("/abs/relay.db")
 
 
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
         ("relay.db", 'store must be a URL such as sqlite:///var/relay.db, got "relay.db"'),
-        ("postgresql://u:pw@h/db", 'unsupported store "postgresql://...": use sqlite:///PATH'),
+        (
+            "mysql://u:pw@h/db",
+            'unsupported store "mysql://...": use sqlite:///PATH'
+            " or postgresql://USER@HOST:PORT/DATABASE",
+        ),
+        (
+            "postgresql://u:pw@/?sslmode=maybe&pool=3&schema=Bad-Name",
+            "a PostgreSQL store needs a host: postgresql://USER@HOST:PORT/DATABASE; "
+            "a PostgreSQL store needs a database: postgresql://USER@HOST:PORT/DATABASE; "
+            "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full,"
+            ' got "maybe"; unknown option "pool" (use sslmode, schema, application_name); '
+            "schema must be a plain lower-case name (letters, digits and _, at most 41"
+            ' characters, not starting with a digit), got "Bad-Name"',
+        ),
+        (
+            "postgresql://u:pw@h:port/db",
+            "store postgresql://u:***@h:port/db: cannot read its host and port",
+        ),
         ("sqlite:///", "sqlite:/// needs a file path, e.g. sqlite:///var/relay.db"),
         (
             "sqlite:///x.db?sync=full&synchronous=off",
@@ -51,3 +69,20 @@ def test_a_url_that_names_no_store_says_why_without_quoting_credentials(
 def test_the_store_reads_its_settings_from_the_same_parser() -> None:
     store = SqliteStore.from_url("sqlite:///x.db?synchronous=full&busy_timeout=250ms", float)
     assert store.path == Path("x.db")
+
+
+def test_a_postgresql_url_keeps_the_drivers_options_and_takes_out_relays_own() -> None:
+    url = "postgresql://relay:s3cret@db.internal:5433/relay?sslmode=require&schema=relay_a"
+    parsed = parse_store_url(url)
+    assert isinstance(parsed, PostgresUrl)
+    assert parsed.schema == "relay_a"
+    assert parsed.dsn == "postgresql://relay:s3cret@db.internal:5433/relay?sslmode=require"
+    assert parsed.shown == (
+        "postgresql://relay:***@db.internal:5433/relay?sslmode=require&schema=relay_a"
+    )
+    assert "s3cret" not in repr(parsed)
+    assert parsed.resolved(Path("/elsewhere")) == parsed
+    assert str(parsed) == url
+    default = parse_store_url("postgres://relay@db/relay")
+    assert isinstance(default, PostgresUrl)
+    assert default.schema == "public"

@@ -1,6 +1,6 @@
-"""Listing deliveries by filter in the SQLite store: the same answer as filtering every row,
-page by page, and read from indexes: a filter that matches a few old rows among many reads
-about as many rows as it returns."""
+"""Listing deliveries by filter, in both stores: the same answer as filtering every row, page
+by page; and in the SQLite store, read from indexes: a filter that matches a few old rows
+among many reads about as many rows as it returns."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from relay.store.base import EVERY_DELIVERY, DeliveryFilter, DeliveryState
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 from relay.store.sqlite_targets import DELIVERED_SINCE
 from relay.store.views import MAX_KINDS
+from tests.stores import AnyStore, open_test_store
 from tests.test_store import Clock
 
 SOURCES = ("shop", "crm", "flags")
@@ -61,11 +64,32 @@ async def open_store(path: Path) -> SqliteStore:
     return store
 
 
+async def populate_postgres(store: PostgresStore, rows: list[EventRow]) -> None:
+    """`populate`, in the PostgreSQL store's schema."""
+    conn = await asyncpg.connect(**store.connect_options())
+    try:
+        async with conn.transaction():
+            for source, event_id, event_type, received_at, deliveries in rows:
+                pk = await conn.fetchval(
+                    "INSERT INTO events (source, event_id, type, received_at, body, headers)"
+                    " VALUES ($1, $2, $3, $4, '{}', '{}') RETURNING pk",
+                    source,
+                    event_id,
+                    event_type,
+                    received_at,
+                )
+                await conn.executemany(
+                    "INSERT INTO deliveries (event_pk, target, state, next_attempt_at,"
+                    " updated_at, attempts) VALUES ($1, $2, $3, $4, $4, 1)",
+                    [(pk, target, state, received_at) for target, state in deliveries],
+                )
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
-async def mixed(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def mixed(store_kind: str, tmp_path: Path) -> AsyncIterator[AnyStore]:
     """300 events from three sources, one to three deliveries each, in every state."""
-    path = tmp_path / "relay.db"
-    await (await open_store(path)).close()  # the schema
     rng = random.Random(11)
     rows: list[EventRow] = []
     for n in range(300):
@@ -75,17 +99,21 @@ async def mixed(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         targets = rng.sample(TARGETS, rng.randint(1, 3))
         deliveries: list[tuple[str, str]] = [(target, rng.choice(STATES)) for target in targets]
         rows.append((source, f"e{n % 150}", rng.choice(kinds_of(source)), START + n, deliveries))
-    populate(path, rows)
-    store = await open_store(path)
-    yield store
-    await store.close()
+    async with open_test_store(store_kind, tmp_path, Clock()) as store:
+        if isinstance(store, SqliteStore):
+            populate(store.path, rows)
+        else:
+            await populate_postgres(store, rows)
+        yield store
 
 
-def every_row(store: SqliteStore) -> list[tuple[Any, ...]]:
-    return store._read(
-        "SELECT d.id, d.state, d.target, e.source, e.type, e.event_id, e.received_at"
-        " FROM deliveries d JOIN events e ON e.pk = d.event_pk ORDER BY d.id DESC"
-    )
+async def every_row(store: AnyStore) -> list[tuple[Any, ...]]:
+    """Every delivery with its event's fields, newest first, as a filter would check them."""
+    records = await store.deliveries(limit=10_000)
+    return [
+        (r.id, r.state, r.target, r.source, r.event_type, r.event_id, r.received_at)
+        for r in records
+    ]
 
 
 def expected(
@@ -126,9 +154,9 @@ def random_filter(rng: random.Random) -> tuple[DeliveryState | None, DeliveryFil
 
 
 async def test_every_filter_and_combination_lists_what_it_means_newest_first(
-    mixed: SqliteStore,
+    mixed: AnyStore,
 ) -> None:
-    rows = every_row(mixed)
+    rows = await every_row(mixed)
     rng = random.Random(5)
     for _ in range(300):
         state, where = random_filter(rng)
@@ -138,9 +166,9 @@ async def test_every_filter_and_combination_lists_what_it_means_newest_first(
 
 
 async def test_pages_continue_after_the_last_id_until_every_match_was_listed_once(
-    mixed: SqliteStore,
+    mixed: AnyStore,
 ) -> None:
-    rows = every_row(mixed)
+    rows = await every_row(mixed)
     rng = random.Random(8)
     for _ in range(60):
         state, where = random_filter(rng)
@@ -155,13 +183,17 @@ async def test_pages_continue_after_the_last_id_until_every_match_was_listed_onc
         assert pages == expected(rows, state, where), (state, where)
 
 
-async def test_a_listing_shows_the_events_source_type_and_arrival(mixed: SqliteStore) -> None:
+async def test_a_listing_shows_the_events_source_type_and_arrival(mixed: AnyStore) -> None:
     (record,) = await mixed.deliveries(limit=1)
-    source, event_id, event_type, received_at = mixed._read(
-        "SELECT source, event_id, type, received_at FROM events ORDER BY pk DESC LIMIT 1"
-    )[0]
-    assert (record.source, record.event_id, record.event_type) == (source, event_id, event_type)
-    assert record.received_at == received_at == START + 299
+    detail = await mixed.delivery(record.id)
+    assert detail is not None
+    event = detail.event
+    assert (record.source, record.event_id, record.event_type) == (
+        event.source,
+        event.event_id,
+        event.type,
+    )
+    assert record.received_at == event.received_at == START + 299
 
 
 # -- read from indexes ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tests.clock import FakeClock, wake
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.process import RelayProcess, free_port, post_event, relay_config
 from tests.receiver import Receiver, Reply, wait_until
+from tests.stores import AnyStore, open_test_store
 
 # -- the store ----------------------------------------------------------------------------------
 
@@ -36,20 +37,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "relay.db", clock)
-    await store.open()
-    yield store
-    await store.close()
+async def store(store_kind: str, tmp_path: Path, clock: FakeClock) -> AsyncIterator[AnyStore]:
+    async with open_test_store(store_kind, tmp_path, clock) as store:
+        yield store
 
 
 def event(event_id: str) -> Event:
     return Event("src", event_id, "t", 1_000.0, b"{}", {}, {})
 
 
-async def test_a_paused_target_is_claimed_for_by_no_one(
-    store: SqliteStore, clock: FakeClock
-) -> None:
+async def test_a_paused_target_is_claimed_for_by_no_one(store: AnyStore, clock: FakeClock) -> None:
     await store.ingest(event("e1"), ["t", "u"])
     first = await store.pause_target("t", "deploy")
     assert first == TargetPause(clock.now, "deploy")
@@ -66,7 +63,7 @@ async def test_a_paused_target_is_claimed_for_by_no_one(
 
 
 async def test_time_spent_paused_moves_each_retry_window_on(
-    store: SqliteStore, clock: FakeClock
+    store: AnyStore, clock: FakeClock
 ) -> None:
     await store.ingest(event("e1"), ["t"])
     await store.ingest(event("e2"), ["t"])
@@ -81,7 +78,7 @@ async def test_time_spent_paused_moves_each_retry_window_on(
 
 
 async def test_statuses_count_each_targets_backlog_and_keep_its_activity(
-    store: SqliteStore, clock: FakeClock
+    store: AnyStore, clock: FakeClock
 ) -> None:
     await store.ingest(event("e1"), ["t", "u"])
     clock.advance(10)

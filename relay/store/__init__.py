@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relay.store.base import Store
+from relay.store.url import SqliteUrl, parse_store_url
 
 
 def open_store(url: str, clock: Callable[[], float]) -> Store:
-    """The store named by a config `store` URL (paths already resolved)."""
-    from relay.store.sqlite import SqliteStore
+    """The store named by a config `store` URL (paths already resolved); nothing is opened
+    until its `open`."""
+    parsed = parse_store_url(url)
+    if isinstance(parsed, SqliteUrl):
+        from relay.store.sqlite import SqliteStore
 
-    return SqliteStore.from_url(url, clock)  # raises ValueError for any other URL
+        return SqliteStore.from_url(url, clock)
+    from relay.store.postgres import PostgresStore
+
+    return PostgresStore(parsed, clock)

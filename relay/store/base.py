@@ -10,12 +10,13 @@ that one is delivered or dead: only the oldest pending delivery of a key is ever
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from relay.errors import StoreError
 from relay.events import Delivery, Event
+from relay.ratelimit import Limiter
 
 DeliveryState = Literal["pending", "delivered", "dead"]
 
@@ -193,6 +194,15 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def on_new_deliveries(self, wake: Callable[[Iterable[str]], None]) -> None:
+        """Call `wake(targets)` when another process stores deliveries for those targets (a
+        store shared by replicas); this process's own ingest wakes its workers itself."""
+        ...
+
+    def rate_limiter(self, target: str, per_second: float) -> Limiter:
+        """The send limiter of `target`: shared by every process on a shared store."""
+        ...
 
     async def ingest(
         self, event: Event, targets: Sequence[str], keys: Mapping[str, str] | None = None

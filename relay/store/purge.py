@@ -20,6 +20,7 @@ import math
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from relay.store.base import DeliveryState, RetentionPolicy
@@ -58,32 +59,57 @@ def purge_batch(
         "SELECT pk, received_at FROM events WHERE pk > ? ORDER BY pk LIMIT ?",
         (walk.after_pk, limit),
     ).fetchall()
-    young_after = now - retention.shortest_s  # arrived later: cannot go yet, nor any after it
-    first_young = next((i for i, (_, at) in enumerate(rows) if at > young_after), None)
-    examined = rows if first_young is None else rows[:first_young]
-    deliveries = _deliveries(cur, examined)
-    expired: list[tuple[int]] = []
-    until = min(walk.until, now + retention.shortest_s)
-    for pk, received_at in examined:
-        expiry = retention.expires_at(received_at, deliveries.get(pk, ()))
-        if expiry is not None and expiry <= now:
-            expired.append((pk,))
-        else:
-            until = min(until, now + retention.shortest_s if expiry is None else expiry)
+    examined = examinable(rows, retention, now)
+    verdict = judge(examined, _deliveries(cur, examined), retention, now, walk)
+    expired = [(pk,) for pk in verdict.expired]
     cur.executemany(
         "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_pk = ?)",
         expired,
     )
     cur.executemany("DELETE FROM deliveries WHERE event_pk = ?", expired)
     cur.executemany("DELETE FROM events WHERE pk = ?", expired)
+    done = len(examined) < len(rows) or len(rows) < limit
+    return Batch(len(expired), verdict.walk, done, time.perf_counter() - started)
+
+
+def examinable(
+    rows: Sequence[tuple[int, float]], retention: RetentionPolicy, now: float
+) -> Sequence[tuple[int, float]]:
+    """The (pk, received_at) rows, oldest first, up to the first too young to go: none after
+    it can go yet either."""
+    young_after = now - retention.shortest_s
+    first_young = next((i for i, (_, at) in enumerate(rows) if at > young_after), None)
+    return rows if first_young is None else rows[:first_young]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    expired: list[int]  # the pks of the events that go now
+    walk: Walk  # where the next batch starts, and until when starting there skips nothing
+
+
+def judge(
+    examined: Sequence[tuple[int, float]],
+    deliveries: Mapping[int, Sequence[tuple[DeliveryState, float]]],
+    retention: RetentionPolicy,
+    now: float,
+    walk: Walk,
+) -> Verdict:
+    """Which of the examined events go now, given their deliveries' (state, updated_at)."""
+    expired: list[int] = []
+    until = min(walk.until, now + retention.shortest_s)
+    for pk, received_at in examined:
+        expiry = retention.expires_at(received_at, deliveries.get(pk, ()))
+        if expiry is not None and expiry <= now:
+            expired.append(pk)
+        else:
+            until = min(until, now + retention.shortest_s if expiry is None else expiry)
     after_pk = examined[-1][0] if examined else walk.after_pk
-    done = first_young is not None or len(rows) < limit
-    took_s = time.perf_counter() - started
-    return Batch(len(expired), Walk(after_pk, until), done, took_s)
+    return Verdict(expired, Walk(after_pk, until))
 
 
 def _deliveries(
-    cur: sqlite3.Cursor, events: list[tuple[int, float]]
+    cur: sqlite3.Cursor, events: Sequence[tuple[int, float]]
 ) -> dict[int, list[tuple[DeliveryState, float]]]:
     by_event: dict[int, list[tuple[DeliveryState, float]]] = defaultdict(list)
     if not events:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from relay.errors import StoreError
+
 # Each entry brings the schema from the previous version to its own; the file records its
 # version in `PRAGMA user_version`. Append, never edit: operators' files are at every version.
 MIGRATIONS: tuple[str, ...] = (
@@ -74,6 +76,18 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The dead gauge counts them per target; ingest writes only pending rows, so never this.
     "CREATE INDEX deliveries_dead ON deliveries (target) WHERE state = 'dead';",
+    # A worker's queries walk no pending delivery that it cannot claim: the due index holds
+    # the pending deliveries nobody has leased, in the order they come due, and a leased one
+    # moves to an index of its own, by when its lease runs out. Claims and `next_due_at` then
+    # read a few index entries however large the backlog and however many attempts are in
+    # flight (the shared due index made them step over every leased delivery, reading its row).
+    """
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_waiting ON deliveries (target, next_attempt_at)
+        WHERE state = 'pending' AND lease_until = 0;
+    CREATE INDEX deliveries_leased ON deliveries (target, lease_until)
+        WHERE state = 'pending' AND lease_until > 0;
+    """,
     # The console's deliveries per minute: those delivered since a time, by target (state
     # too, so that the index covers the query).
     "CREATE INDEX deliveries_delivered ON deliveries (updated_at, target, state)"
@@ -81,10 +95,22 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring the file to the newest schema, one transaction per step."""
+def migrate(db: sqlite3.Connection, name: str = "the store") -> None:
+    """Bring the file to the newest schema, one transaction per step. A file a newer relay
+    has migrated is refused: this one would misread it (a rollback restores the backup
+    taken before the upgrade)."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise StoreError(newer_schema_message(name, version, len(MIGRATIONS)))
     if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():
         version = 1  # written before versions were recorded
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
+
+
+def newer_schema_message(name: str, version: int, known: int) -> str:
+    return (
+        f"{name} is at schema version {version}, newer than this relay knows ({known}): "
+        "a newer relay migrated it. Run that version, or restore the backup taken before "
+        "the upgrade"
+    )

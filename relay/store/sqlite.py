@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,11 +31,11 @@ from typing import Any, TypeVar
 from relay import jsoncodec
 from relay.errors import StoreError
 from relay.events import Delivery, Event
+from relay.ratelimit import Limiter, local_limiter
 from relay.store import sqlite_targets as targets
 from relay.store.base import (
     EVERY_DELIVERY,
     HELD_AT,
-    AttemptOutcome,
     AttemptResult,
     DeliveryDetail,
     DeliveryFilter,
@@ -59,8 +58,9 @@ from relay.store.health import (
     lost_reason,
 )
 from relay.store.purge import BATCH_EVENTS, Batch, Walk, purge_batch
+from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
 from relay.store.schema import migrate
-from relay.store.url import parse_store_url
+from relay.store.url import SqliteUrl, parse_store_url
 from relay.store.views import delivery_detail, list_deliveries
 
 log = logging.getLogger("relay.store")
@@ -69,12 +69,6 @@ T = TypeVar("T")
 
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL file is truncated back to this after a reset
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
-# A pending result is an attempt to be retried.
-ATTEMPT_OUTCOMES: dict[DeliveryState, AttemptOutcome] = {
-    "delivered": "delivered",
-    "pending": "retry",
-    "dead": "dead",
-}
 FILE_CHECK_INTERVAL_S = 1.0  # how soon a deleted or replaced store file is noticed
 PURGE_REST_RATIO = 3.0  # retention rests this many times as long as each batch took
 
@@ -89,6 +83,22 @@ CLAIMABLE = (
     " INDEXED BY deliveries_order WHERE o.state = 'pending' AND o.target = :target"
     " AND o.order_key = d.order_key AND o.id < d.id))"
 )
+# What a worker may claim of :target, as (id, due), the earliest :limit: from the due index
+# (pending, nobody's lease) those due by :due_by and, apart, those whose lease ran out by :now
+# (an attempt that outlived it), due when it did. Two index walks that stop after :limit
+# entries each: neither steps over a delivery that is not claimable (schema.py). The
+# `lease_until` terms are literals, so that SQLite takes the partial indexes.
+CLAIMABLE_DUE = (
+    "SELECT id, due FROM (SELECT id, next_attempt_at AS due FROM deliveries d"
+    " WHERE state = 'pending' AND lease_until = 0 AND target = :target"
+    f" AND next_attempt_at <= :due_by AND {CLAIMABLE} ORDER BY next_attempt_at LIMIT :limit)"
+    " UNION ALL SELECT id, due FROM (SELECT id, lease_until AS due FROM deliveries d"
+    " WHERE state = 'pending' AND lease_until > 0 AND target = :target"
+    f" AND lease_until <= :now AND {CLAIMABLE} ORDER BY lease_until LIMIT :limit)"
+    " ORDER BY due LIMIT :limit"
+)
+# At a daemon's start, no other process holds a lease (the lock file): the leased index alone.
+RELEASE_LEASES = "UPDATE deliveries SET lease_until = 0 WHERE state = 'pending' AND lease_until > 0"
 # A delivery with a key waits while another of its target and key is pending.
 ORDERED_INSERT = (
     "INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at, order_key)"
@@ -136,6 +146,8 @@ class SqliteStore:
     def from_url(cls, url: str, clock: Callable[[], float]) -> SqliteStore:
         """The store a `sqlite:///` URL names (relay.store.url)."""
         parsed = parse_store_url(url)
+        if not isinstance(parsed, SqliteUrl):
+            raise ValueError(f"not a SQLite store: {parsed.shown}")
         return cls(
             parsed.path,
             clock,
@@ -185,16 +197,14 @@ class SqliteStore:
                 problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
                 if problems != ["ok"]:
                     raise StoreError(corrupt_message(self.path, "; ".join(problems[:3])))
-            migrate(db)
+            migrate(db, f"store {self.path}")
             if not daemon:
                 return db, 0
             # The Checkpointer's thread copies most of the WAL; the loop's own automatic
             # checkpoint (kept) then finds little left and still lets the WAL restart,
             # which a checkpoint beside a steady writer alone never completes.
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
-            released = db.execute(
-                "UPDATE deliveries SET lease_until = 0 WHERE state = 'pending' AND lease_until > 0"
-            ).rowcount
+            released = db.execute(RELEASE_LEASES).rowcount
         except BaseException:
             db.close()
             raise
@@ -230,6 +240,12 @@ class SqliteStore:
             if lost_reason(side, opened) is None:
                 side.unlink(missing_ok=True)
                 log.info("removed %s, the lost store's own", side.name)
+
+    def on_new_deliveries(self, wake: Callable[[Iterable[str]], None]) -> None:
+        """One process per file: its own ingest wakes its workers."""
+
+    def rate_limiter(self, target: str, per_second: float) -> Limiter:
+        return local_limiter(target, per_second)
 
     async def wait_failed(self) -> StoreError:
         return await self._health.wait_failed()
@@ -334,11 +350,15 @@ class SqliteStore:
                 "UPDATE deliveries SET attempts = attempts + 1,"
                 " first_attempt_at = COALESCE(first_attempt_at, :now),"
                 " lease_until = :until, updated_at = :now"
-                " WHERE id IN (SELECT id FROM deliveries d WHERE state = 'pending'"
-                "   AND target = :target AND next_attempt_at <= :now AND lease_until <= :now"
-                f"  AND {CLAIMABLE} ORDER BY next_attempt_at LIMIT :limit)"
+                f" WHERE id IN (SELECT id FROM ({CLAIMABLE_DUE}))"
                 " RETURNING id, event_pk, attempts, first_attempt_at, order_key",
-                {"now": now, "until": now + lease_s, "target": target, "limit": limit},
+                {
+                    "now": now,
+                    "due_by": now,
+                    "until": now + lease_s,
+                    "target": target,
+                    "limit": limit,
+                },
             ).fetchall()
 
         try:
@@ -374,7 +394,7 @@ class SqliteStore:
         events: dict[int, Event | str] = {}
         for row in rows:
             try:
-                events[row[0]] = _event_from_row(row)
+                events[row[0]] = event_from_row(row)
             except Exception as exc:  # a byte flipped on disk that SQLite cannot see
                 events[row[0]] = repr(exc)
                 log.error(
@@ -441,13 +461,12 @@ class SqliteStore:
         await self._writes.submit(drop)
 
     async def next_due_at(self, target: str) -> float | None:
-        # The due index in order, past the few deliveries leased now (attempts in flight):
-        # a lease that runs out is found by the worker's poll, at most a second later.
+        # The first entry of each of the two indexes: a few microseconds however many
+        # deliveries wait or are in flight (docs/benchmarks.md). A lease that runs out is
+        # found by the worker's poll, at most a second later.
         rows = self._read(
-            "SELECT next_attempt_at FROM deliveries d WHERE state = 'pending'"
-            f" AND target = :target AND lease_until <= :now AND {CLAIMABLE}"
-            " ORDER BY next_attempt_at LIMIT 1",
-            {"target": target, "now": self._clock()},
+            f"SELECT due FROM ({CLAIMABLE_DUE})",
+            {"target": target, "due_by": HELD_AT, "now": self._clock(), "limit": 1},
         )
         return float(rows[0][0]) if rows else None
 
@@ -457,7 +476,8 @@ class SqliteStore:
         def forget(cur: sqlite3.Cursor) -> int:
             held: int = cur.execute(
                 "UPDATE deliveries SET next_attempt_at = :now, updated_at = :now"
-                " WHERE state = 'pending' AND target = :target AND next_attempt_at = :held",
+                " WHERE state = 'pending' AND lease_until = 0 AND target = :target"
+                " AND next_attempt_at = :held",
                 {"now": now, "target": target, "held": HELD_AT},
             ).rowcount
             cur.execute(
@@ -540,13 +560,10 @@ class SqliteStore:
         return counts
 
     async def pending_by_target(self) -> dict[str, int]:
-        # The partial index of pending deliveries covers this: 0.08 s for 670,000 of them
+        # The partial indexes of pending deliveries cover this: 0.08 s for 670,000 of them
         # (five times faster than the planner's own choice, the state index).
-        rows = self._read(
-            "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_due"
-            " WHERE state = 'pending' GROUP BY target"
-        )
-        return {target: count for target, count in rows}
+        rows = self._read(targets.PENDING_BY_TARGET)
+        return {target: count for target, count, _ in rows}
 
     async def target_statuses_aside(self) -> list[TargetStatus]:
         """`target_statuses`, read in a thread on a read-only connection of its own, off the
@@ -591,22 +608,6 @@ class SqliteStore:
             await asyncio.sleep(batch.took_s * PURGE_REST_RATIO)
         self._walk = walk
         return purged
-
-
-def _event_from_row(row: Sequence[Any]) -> Event:
-    _, source, event_id, event_type, received_at, body, headers, data_key, created_at = row
-    body = bytes(body)
-    return Event(
-        source=source,
-        id=event_id,
-        type=event_type,
-        received_at=received_at,
-        body=body,
-        payload=jsoncodec.loads(body),
-        headers=json.loads(headers),
-        data_key=data_key,
-        created_at=created_at,
-    )
 
 
 def _keyed(

@@ -8,14 +8,21 @@ read-only connection of its own; the writes go through its group commit.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from relay.store.base import TargetActivity, TargetPause, TargetStatus
 
 # Per target, from the partial indexes alone (covering: no table row is read). The pending
-# index holds each delivery's id, and ids grow with arrival: the smallest is the oldest.
+# deliveries are in two, those nobody leased and those in flight (schema.py); each index
+# holds the delivery's id, and ids grow with arrival: the smallest is the oldest.
 PENDING_BY_TARGET = (
-    "SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_due"
-    " WHERE state = 'pending' GROUP BY target"
+    "SELECT target, SUM(n), MIN(oldest) FROM ("
+    "SELECT target, COUNT(*) AS n, MIN(id) AS oldest FROM deliveries INDEXED BY"
+    " deliveries_waiting WHERE state = 'pending' AND lease_until = 0 GROUP BY target"
+    " UNION ALL SELECT target, COUNT(*), MIN(id) FROM deliveries INDEXED BY deliveries_leased"
+    " WHERE state = 'pending' AND lease_until > 0 GROUP BY target"
+    ") GROUP BY target"
 )
 DEAD_BY_TARGET = (
     "SELECT target, COUNT(*) FROM deliveries INDEXED BY deliveries_dead"
@@ -35,8 +42,20 @@ def target_statuses(db: sqlite3.Connection) -> list[TargetStatus]:
     200,000 dead deliveries: docs/benchmarks.md)."""
     pending = {target: (count, oldest) for target, count, oldest in db.execute(PENDING_BY_TARGET)}
     dead = dict(db.execute(DEAD_BY_TARGET).fetchall())
-    stored = {row[0]: row[1:] for row in db.execute(STORED_STATE)}
+    stored = {row[0]: tuple(row[1:]) for row in db.execute(STORED_STATE)}
     received = _received_at_of(db, [oldest for _, oldest in pending.values()])
+    return assemble_statuses(pending, dead, stored, received)
+
+
+def assemble_statuses(
+    pending: Mapping[str, tuple[int, int]],
+    dead: Mapping[str, int],
+    stored: Mapping[str, tuple[Any, ...]],
+    received: Mapping[int, float],
+) -> list[TargetStatus]:
+    """Statuses by name from each target's (pending count, oldest pending id), dead count and
+    stored (paused_at, reason, last success, last error time, last error), and when the
+    oldest pending deliveries' events arrived (by delivery id)."""
     statuses = []
     for name in sorted({*pending, *dead, *stored}):
         count, oldest_id = pending.get(name, (0, None))
@@ -102,11 +121,13 @@ def resume(cur: sqlite3.Cursor, target: str, now: float) -> TargetPause | None:
     cur.execute(
         "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = ?", (target,)
     )
-    cur.execute(
-        "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
-        " WHERE state = 'pending' AND target = :target AND first_attempt_at IS NOT NULL",
-        {"paused_s": max(0.0, now - ended.since), "target": target},
-    )
+    for leases in ("lease_until = 0", "lease_until > 0"):  # one partial index each
+        cur.execute(
+            "UPDATE deliveries SET first_attempt_at = first_attempt_at + :paused_s"
+            f" WHERE state = 'pending' AND {leases} AND target = :target"
+            " AND first_attempt_at IS NOT NULL",
+            {"paused_s": max(0.0, now - ended.since), "target": target},
+        )
     return ended
 
 

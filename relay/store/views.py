@@ -238,10 +238,10 @@ def matching_kinds(
 ) -> list[tuple[str, str]] | None:
     """The (source, type) pairs of stored events that match; None if there are too many to
     walk one by one."""
-    if type_glob is not None and not _has_magic(type_glob):
+    if type_glob is not None and not has_magic(type_glob):
         sources = [source] if source is not None else distinct_sources(db)
         return [(name, type_glob) for name in sources]
-    matches = _type_matcher(type_glob or "*")
+    matches = type_matcher(type_glob or "*")
     found: list[tuple[str, str]] = []
     kind = _first_kind(db, source)
     for _ in range(MAX_KINDS_SCANNED):
@@ -300,7 +300,7 @@ def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail 
         record.event_type,
         record.received_at,
         created_at,
-        _headers(headers),
+        stored_headers(headers),
         bytes(body),
         data_key,
     )
@@ -312,7 +312,7 @@ def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail 
     return DeliveryDetail(record, event, [AttemptRecord(*attempt) for attempt in attempts])
 
 
-def _headers(text: str) -> dict[str, str]:
+def stored_headers(text: str) -> dict[str, str]:
     """The stored headers; whatever cannot be read as such is shown as one value."""
     try:
         headers = json.loads(text)
@@ -324,16 +324,16 @@ def _headers(text: str) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _type_matcher(glob: str) -> Callable[[str], Any]:
+def type_matcher(glob: str) -> Callable[[str], Any]:
     """A route's kind of type glob: fnmatch, case-sensitive, the whole type."""
     return re.compile(fnmatch.translate(glob)).fullmatch
 
 
 def _type_glob_matches(glob: str, event_type: str) -> bool:
-    return _type_matcher(glob)(event_type) is not None
+    return type_matcher(glob)(event_type) is not None
 
 
-def _has_magic(glob: str) -> bool:
+def has_magic(glob: str) -> bool:
     return any(char in glob for char in "*?[")
 
 

@@ -11,6 +11,7 @@ import aiohttp
 
 from relay.errors import RenderError
 from relay.events import Delivery, Event, Outcome
+from relay.ratelimit import Limiter, local_limiter
 from relay.render import CompiledTemplate
 from relay.retry import RetryPolicy
 from relay.textsafety import encode_utf8
@@ -46,6 +47,7 @@ class Resources:
     session: aiohttp.ClientSession
     clock: Callable[[], float]
     out: TextIO  # the console target's stream
+    limiter: Callable[[str, float], Limiter] = local_limiter  # (target, per second): its limiter
 
 
 class TargetPlan(Protocol):

@@ -20,7 +20,7 @@ from relay import __version__
 from relay.errors import RenderError
 from relay.events import Delivered, Delivery, Failed, Outcome, Retry, template_context
 from relay.fields import SENSITIVE_HEADER, Duration, HeaderName, error
-from relay.ratelimit import RateLimiter
+from relay.ratelimit import Limiter
 from relay.render import CompiledTemplate
 from relay.retry import RetryPolicy, classify_status, gone_as
 from relay.shared_config import BodyTargetModel, OnGone, RetryConfig, SignConfig
@@ -164,7 +164,7 @@ class HttpTarget:
         concurrency: int,
         policy: RetryPolicy,
         clock: Callable[[], float],
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         classify: Classifier | None = None,
     ) -> None:
         self.name = name
@@ -252,7 +252,11 @@ class HttpPlan:
         return self.builder.build(delivery, now)
 
     def bind(self, resources: Resources) -> HttpTarget:
-        limiter = RateLimiter(self.max_per_second) if self.max_per_second is not None else None
+        limiter = (
+            resources.limiter(self.name, self.max_per_second)
+            if self.max_per_second is not None
+            else None
+        )
         return HttpTarget(
             self.name,
             self.builder,

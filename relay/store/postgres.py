@@ -1,0 +1,631 @@
+"""The shared store: PostgreSQL through an asyncpg pool, for several relay replicas at once.
+
+Same semantics as the SQLite store (relay/store/base.py), shared by every replica:
+
+- ingest commits in groups (pg_writes.py); an event is one statement that inserts it (nothing
+  when its (source, id) is stored: `ON CONFLICT DO NOTHING`, whichever replica stored it),
+  its deliveries, and a NOTIFY per target that other replicas' workers wake on (pg_listen.py);
+- a claim leases with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same delivery;
+  a lease is never released at start-up (another replica may hold it): a replica that dies
+  leaves its leases to run out, and then any replica claims those deliveries again;
+- pauses, attempt history, activity and the rate limit slots are rows every replica reads.
+
+Times are the injected clock's (epoch seconds), as in the SQLite store: replicas' clocks must
+agree to well under a lease (NTP does). While no commit is possible (the server restarts,
+fails over, a backend is terminated) every call raises StoreError and ingest answers 503; the
+pool opens new connections by itself once the server answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar, cast
+
+import asyncpg
+
+from relay import jsoncodec
+from relay.errors import StoreError
+from relay.events import Delivery, Event
+from relay.ratelimit import Limiter
+from relay.store import pg_views
+from relay.store.base import (
+    EVERY_DELIVERY,
+    HELD_AT,
+    AttemptResult,
+    DeliveryDetail,
+    DeliveryFilter,
+    DeliveryRecord,
+    DeliveryState,
+    IngestResult,
+    RetentionPolicy,
+    TargetActivity,
+    TargetPause,
+    TargetStatus,
+)
+from relay.store.pg_listen import Listener, WakeTargets, channel_name
+from relay.store.pg_ratelimit import SharedRateLimiter
+from relay.store.pg_schema import MIGRATIONS, migrate
+from relay.store.pg_writes import PgGroupCommit, is_connection_loss
+from relay.store.purge import BATCH_EVENTS, Walk, examinable, judge
+from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
+from relay.store.url import PostgresUrl
+
+log = logging.getLogger("relay.store")
+
+T = TypeVar("T")
+
+POOL_SIZE = 10
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 10.0  # a statement the server does not answer fails: ingest answers 503
+PURGE_REST_RATIO = 1.0  # retention rests as long as each batch took
+
+
+def claimable(target: str) -> str:
+    """What a worker may claim, as SQL over `d`, a pending delivery of the target in parameter
+    `target` ($n): nothing while the target is paused, and of an ordering key only the oldest
+    pending delivery."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM targets WHERE name = {target} AND paused_at IS NOT NULL)"
+        " AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o"
+        f" WHERE o.state = 'pending' AND o.target = {target} AND o.order_key = d.order_key"
+        " AND o.id < d.id))"
+    )
+
+
+# The event, its deliveries (a keyed one held while another of its target and key is pending)
+# and a notification per target, in one statement: nothing but the event id if it is stored.
+INGEST = """
+WITH e AS (
+    INSERT INTO events (source, event_id, type, received_at, body, headers, data_key, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING pk
+), d AS (
+    INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at, order_key)
+    SELECT e.pk, t.target, 'pending', CASE WHEN t.key IS NOT NULL AND EXISTS (SELECT 1
+        FROM deliveries o WHERE o.state = 'pending' AND o.target = t.target
+        AND o.order_key = t.key) THEN $11::float8 ELSE $10::float8 END, $10, t.key
+    FROM e, unnest($9::text[], $12::text[]) AS t (target, key)
+    RETURNING target
+)
+SELECT e.pk, (SELECT count(*) FROM (SELECT pg_notify($13::text, target) FROM d) AS n) FROM e
+"""
+CLAIM = f"""
+WITH c AS (
+    UPDATE deliveries SET attempts = attempts + 1,
+        first_attempt_at = COALESCE(first_attempt_at, $1), lease_until = $2, updated_at = $1
+    WHERE id IN (SELECT d.id FROM deliveries d WHERE d.state = 'pending' AND d.target = $3
+        AND d.next_attempt_at <= $1 AND d.lease_until <= $1 AND {claimable("$3")}
+        ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+    RETURNING id, event_pk, attempts, first_attempt_at, order_key
+)
+SELECT c.id, c.attempts, c.first_attempt_at, c.order_key, e.pk, e.source, e.event_id, e.type,
+    e.received_at, e.body, e.headers, e.data_key, e.created_at
+FROM c JOIN events e ON e.pk = c.event_pk ORDER BY c.id
+"""
+# A delivery with a key is settled: the oldest pending one of its key is due now, if held.
+RELEASE_NEXT = (
+    "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1"
+    " WHERE next_attempt_at = $2 AND id = (SELECT min(n.id) FROM deliveries s"
+    " JOIN deliveries n ON n.target = s.target AND n.order_key = s.order_key"
+    " AND n.state = 'pending' WHERE s.id = $3)"
+)
+REPLAY = (
+    "UPDATE deliveries SET state = 'pending', attempts = 0, first_attempt_at = NULL,"
+    " next_attempt_at = CASE WHEN order_key IS NOT NULL AND EXISTS (SELECT 1"
+    " FROM deliveries o WHERE o.state = 'pending' AND o.target = deliveries.target"
+    " AND o.order_key = deliveries.order_key) THEN $2::float8 ELSE $1::float8 END,"
+    " lease_until = 0, updated_at = $1 WHERE state = 'dead'"
+)
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        url: PostgresUrl,
+        clock: Callable[[], float],
+        *,
+        pool_size: int = POOL_SIZE,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._pool_size = pool_size
+        self._command_timeout_s = command_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._writes = PgGroupCommit(self._acquire, self._error)
+        self.channel = channel_name(url.schema)
+        self._listener: Listener | None = None
+        self._walk = Walk()
+
+    @property
+    def commits(self) -> int:
+        """Group commits so far: fewer than writes under concurrency."""
+        return self._writes.commits
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def connect_options(self) -> dict[str, Any]:
+        """What asyncpg gets for every connection: relay's schema first in the search path."""
+        return {
+            "dsn": self.url.dsn,
+            "timeout": self._connect_timeout_s,
+            "command_timeout": self._command_timeout_s,
+            "server_settings": {"search_path": f'"{self.url.schema}"'},
+        }
+
+    async def open(self, *, daemon: bool = True) -> None:
+        """Connect, and bring the schema up to date (under an advisory lock: replicas starting
+        together wait for each other); a daemon also listens for other replicas' events."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                min_size=1, max_size=self._pool_size, **self.connect_options()
+            )
+        except Exception as exc:
+            raise StoreError(
+                f"cannot connect to store {self.url.shown}: {_describe(exc)}. Check that"
+                " PostgreSQL runs there and that the user, password and database are right"
+            ) from exc
+        try:
+            steps = await self.migrate()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        if steps:
+            log.info(
+                "store %s: schema %s migrated to version %d (%d steps)",
+                self.url.shown,
+                self.url.schema,
+                len(MIGRATIONS),
+                steps,
+            )
+        if daemon:
+            self._listener = Listener(self.connect_options(), self.channel)
+            await self._listener.start()
+
+    async def migrate(self) -> int:
+        """Run the migrations the schema lacks; how many ran."""
+        try:
+            async with self._acquire() as conn:
+                return await migrate(conn, self.url.schema, self.url.shown)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    def on_new_deliveries(self, wake: WakeTargets) -> None:
+        """Call `wake(targets)` when any replica stores deliveries for them (a NOTIFY)."""
+        if self._listener is not None:
+            self._listener.wake = wake
+
+    def rate_limiter(self, target: str, per_second: float) -> Limiter:
+        """One send slot sequence for `target` across every replica."""
+        return SharedRateLimiter(self._acquire, target, per_second, self._clock)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        await self._writes.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self._command_timeout_s)
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    async def wait_failed(self) -> StoreError:
+        """A PostgreSQL store does not fail for good: it recovers when the server is back."""
+        await asyncio.Future()  # only ever cancelled
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, given back whatever happens. Giving back a connection the
+        server has just ended raises; that must not turn a commit made on it into an error
+        (the writers would be told 503, and their retries would be duplicates)."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"store {self.url.shown} is not open")
+        conn = await pool.acquire(timeout=self._connect_timeout_s + self._command_timeout_s)
+        try:
+            yield cast(asyncpg.Connection, conn)  # the pool's proxy answers as a connection
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:  # the pool has closed it and opens another when needed
+                log.debug("store: a connection ended as it was given back: %r", exc)
+
+    def _error(self, exc: BaseException) -> StoreError:
+        if isinstance(exc, StoreError):
+            return exc
+        if is_connection_loss(exc):
+            return StoreError(
+                f"store {self.url.shown} cannot be reached ({_describe(exc)}); relay answers 503"
+                " and tries again until it can"
+            )
+        return StoreError(f"store {self.url.shown}: {_describe(exc)}")
+
+    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        try:
+            async with self._acquire() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
+                return rows
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    async def _on_connection(self, read: Callable[[asyncpg.Connection], Any]) -> Any:
+        try:
+            async with self._acquire() as conn:
+                return await read(conn)
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    async def _write(self, op: Callable[[asyncpg.Connection], Any]) -> Any:
+        return await self._writes.submit(op)
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    async def ingest(
+        self, event: Event, targets: Sequence[str], keys: Mapping[str, str] | None = None
+    ) -> IngestResult:
+        now = self._clock()
+        params = (
+            event.source,
+            event.id,
+            event.type,
+            event.received_at,
+            event.body,
+            jsoncodec.dumps_compact(dict(event.headers)),
+            event.data_key,
+            event.created_at,
+            list(targets),
+            now,
+            HELD_AT,
+            [keys.get(t) if keys else None for t in targets],
+            self.channel,
+        )
+
+        async def insert(conn: asyncpg.Connection) -> IngestResult:
+            row = await conn.fetchrow(INGEST, *params)
+            if row is None:
+                return IngestResult(duplicate=True, deliveries=0)
+            return IngestResult(duplicate=False, deliveries=len(targets))
+
+        result: IngestResult = await self._write(insert)
+        return result
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
+        now = self._clock()
+        rows = await self._fetch(CLAIM, now, now + lease_s, target, limit)
+        deliveries, unreadable = [], []
+        for row in rows:
+            delivery_id, attempt, first_attempt_at, key = tuple(row[:4])
+            try:
+                event = event_from_row(tuple(row[4:]))
+            except Exception as exc:  # bytes that were damaged on their way into the store
+                log.error(
+                    "store: event %r of source %r cannot be read (%r): its deliveries are dead",
+                    row["event_id"],
+                    row["source"],
+                    exc,
+                )
+                error = f"the stored event cannot be read: {exc!r}"
+                unreadable.append(
+                    AttemptResult(
+                        delivery_id, "dead", error=error, attempt=attempt, keyed=key is not None
+                    )
+                )
+                continue
+            deliveries.append(Delivery(delivery_id, target, attempt, first_attempt_at, event, key))
+        if unreadable:  # dead, or every claim would trip on them again
+            await self.record(unreadable)
+        return deliveries
+
+    async def record(self, results: Sequence[AttemptResult]) -> None:
+        now = self._clock()
+        rows = [
+            (r.state, r.next_attempt_at, r.status, r.error, now, r.delivery_id) for r in results
+        ]
+        attempts = [
+            (
+                r.delivery_id,
+                r.attempt,
+                now if r.started_at is None else r.started_at,
+                r.duration_s,
+                ATTEMPT_OUTCOMES[r.state],
+                r.status,
+                r.error,
+                r.response,
+                r.retry_after,
+            )
+            for r in results
+        ]
+        settled_keyed = [
+            (now, HELD_AT, r.delivery_id) for r in results if r.keyed and r.state != "pending"
+        ]
+
+        async def update(conn: asyncpg.Connection) -> None:
+            await conn.executemany(
+                "UPDATE deliveries SET state = $1, next_attempt_at = COALESCE($2, next_attempt_at),"
+                " last_status = $3, last_error = $4, lease_until = 0, updated_at = $5"
+                " WHERE id = $6",
+                rows,
+            )
+            await conn.executemany(
+                "INSERT INTO attempts (delivery_id, number, started_at, duration_s, result,"
+                " status, error, response, retry_after)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                attempts,
+            )
+            if settled_keyed:
+                await conn.executemany(RELEASE_NEXT, settled_keyed)
+
+        await self._write(update)
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        if not delivery_ids:
+            return
+        ids = list(delivery_ids)
+
+        async def drop(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE deliveries SET lease_until = 0 WHERE id = ANY($1::bigint[])"
+                " AND state = 'pending'",
+                ids,
+            )
+
+        await self._write(drop)
+
+    async def next_due_at(self, target: str) -> float | None:
+        rows = await self._fetch(
+            "SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"
+            f" AND d.target = $2 AND d.lease_until <= $1 AND {claimable('$2')}"
+            " ORDER BY d.next_attempt_at LIMIT 1",
+            self._clock(),
+            target,
+        )
+        return float(rows[0][0]) if rows else None
+
+    async def forget_order_keys(self, target: str) -> int:
+        now = self._clock()
+
+        async def forget(conn: asyncpg.Connection) -> int:
+            held = await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1"
+                " WHERE state = 'pending' AND target = $2 AND next_attempt_at = $3",
+                now,
+                target,
+                HELD_AT,
+            )
+            await conn.execute(
+                "UPDATE deliveries SET order_key = NULL"
+                " WHERE state = 'pending' AND target = $1 AND order_key IS NOT NULL",
+                target,
+            )
+            return _rowcount(held)
+
+        count: int = await self._write(forget)
+        return count
+
+    # -- target control --------------------------------------------------------------------
+
+    async def target_pause(self, target: str) -> TargetPause | None:
+        rows = await self._fetch(
+            "SELECT paused_at, paused_reason FROM targets WHERE name = $1"
+            " AND paused_at IS NOT NULL",
+            target,
+        )
+        return TargetPause(rows[0][0], rows[0][1]) if rows else None
+
+    async def pause_target(self, target: str, reason: str) -> TargetPause:
+        now = self._clock()
+
+        async def pause(conn: asyncpg.Connection) -> TargetPause:
+            await conn.execute(
+                "INSERT INTO targets (name, paused_at, paused_reason) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO UPDATE SET paused_at = $2, paused_reason = $3"
+                " WHERE targets.paused_at IS NULL",
+                target,
+                now,
+                reason,
+            )
+            row = await conn.fetchrow(
+                "SELECT paused_at, paused_reason FROM targets WHERE name = $1", target
+            )
+            return TargetPause(row[0], row[1]) if row is not None else TargetPause(now, reason)
+
+        in_force: TargetPause = await self._write(pause)
+        return in_force
+
+    async def resume_target(self, target: str) -> TargetPause | None:
+        now = self._clock()
+
+        async def resume(conn: asyncpg.Connection) -> TargetPause | None:
+            row = await conn.fetchrow(
+                "SELECT paused_at, paused_reason FROM targets WHERE name = $1"
+                " AND paused_at IS NOT NULL FOR UPDATE",
+                target,
+            )
+            if row is None:
+                return None
+            ended = TargetPause(row[0], row[1])
+            await conn.execute(
+                "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = $1", target
+            )
+            await conn.execute(
+                "UPDATE deliveries SET first_attempt_at = first_attempt_at + $1"
+                " WHERE state = 'pending' AND target = $2 AND first_attempt_at IS NOT NULL",
+                max(0.0, now - ended.since),
+                target,
+            )
+            return ended
+
+        ended: TargetPause | None = await self._write(resume)
+        return ended
+
+    async def note_activity(self, target: str, activity: TargetActivity) -> None:
+        async def note(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO targets (name, last_success_at, last_error_at, last_error)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET"
+                " last_success_at = COALESCE(excluded.last_success_at, targets.last_success_at),"
+                " last_error_at = COALESCE(excluded.last_error_at, targets.last_error_at),"
+                " last_error = COALESCE(excluded.last_error, targets.last_error)",
+                target,
+                activity.last_success_at,
+                activity.last_error_at,
+                activity.last_error,
+            )
+
+        await self._write(note)
+
+    async def target_statuses(self) -> list[TargetStatus]:
+        statuses: list[TargetStatus] = await self._on_connection(pg_views.target_statuses)
+        return statuses
+
+    async def target_statuses_aside(self) -> list[TargetStatus]:
+        """The same: a read on the server never holds up the event loop."""
+        return await self.target_statuses()
+
+    # -- operator views --------------------------------------------------------------------
+
+    async def deliveries(
+        self,
+        state: DeliveryState | None = None,
+        limit: int = 100,
+        *,
+        where: DeliveryFilter = EVERY_DELIVERY,
+        before_id: int | None = None,
+    ) -> list[DeliveryRecord]:
+        async def read(conn: asyncpg.Connection) -> list[DeliveryRecord]:
+            return await pg_views.list_deliveries(conn, state, limit, where, before_id)
+
+        records: list[DeliveryRecord] = await self._on_connection(read)
+        return records
+
+    async def delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        async def read(conn: asyncpg.Connection) -> DeliveryDetail | None:
+            return await pg_views.delivery_detail(conn, delivery_id)
+
+        detail: DeliveryDetail | None = await self._on_connection(read)
+        return detail
+
+    async def replay(self, delivery_ids: Sequence[int] | None = None) -> int:
+        now = self._clock()
+
+        async def revive(conn: asyncpg.Connection) -> int:
+            if delivery_ids is None:
+                return _rowcount(await conn.execute(REPLAY, now, HELD_AT))
+            ids = sorted(set(delivery_ids))
+            status = await conn.execute(f"{REPLAY} AND id = ANY($3::bigint[])", now, HELD_AT, ids)
+            return _rowcount(status)
+
+        count: int = await self._write(revive)
+        return count
+
+    async def counts(self) -> dict[str, int]:
+        counts = {"events": (await self._fetch("SELECT count(*) FROM events"))[0][0]}
+        counts.update({"pending": 0, "delivered": 0, "dead": 0})
+        for state, n in await self._fetch("SELECT state, count(*) FROM deliveries GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    async def pending_by_target(self) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT target, count(*) FROM deliveries WHERE state = 'pending' GROUP BY target"
+        )
+        return {target: count for target, count in rows}
+
+    async def delivered_since(self, since: float) -> dict[str, int]:
+        """A range of the partial index of delivered deliveries by settling time."""
+        rows = await self._fetch(
+            "SELECT target, count(*) FROM deliveries"
+            " WHERE state = 'delivered' AND updated_at >= $1 GROUP BY target",
+            since,
+        )
+        return {target: count for target, count in rows}
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def purge(self, retention: RetentionPolicy, batch_events: int = BATCH_EVENTS) -> int:
+        """One pass, a transaction per batch (replicas purging at once delete each event once:
+        each batch locks the deliveries it judges, so a replay waits for it or it for the
+        replay)."""
+        now = self._clock()
+        walk, purged = self._walk.start(now), 0
+        while True:
+            started = time.perf_counter()
+            op = partial(_purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
+            batch_purged: int
+            try:
+                ((batch_purged, walk, done),) = await self._writes.transaction([op])
+            except Exception as exc:
+                raise self._error(exc) from exc
+            purged += batch_purged
+            if done:
+                break
+            await asyncio.sleep((time.perf_counter() - started) * PURGE_REST_RATIO)
+        self._walk = walk
+        return purged
+
+
+async def _purge_batch(
+    conn: asyncpg.Connection, retention: RetentionPolicy, now: float, walk: Walk, limit: int
+) -> tuple[int, Walk, bool]:
+    """One batch, in the caller's transaction."""
+    rows = [
+        (row[0], row[1])
+        for row in await conn.fetch(
+            "SELECT pk, received_at FROM events WHERE pk > $1 ORDER BY pk LIMIT $2",
+            walk.after_pk,
+            limit,
+        )
+    ]
+    examined = examinable(rows, retention, now)
+    deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
+    for event_pk, state, updated_at in await conn.fetch(
+        "SELECT event_pk, state, updated_at FROM deliveries WHERE event_pk = ANY($1::bigint[])"
+        " FOR UPDATE",
+        [pk for pk, _ in examined],
+    ):
+        deliveries.setdefault(event_pk, []).append((state, updated_at))
+    verdict = judge(examined, deliveries, retention, now, walk)
+    deleted = 0
+    if verdict.expired:
+        await conn.execute(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
+            " WHERE event_pk = ANY($1::bigint[]))",
+            verdict.expired,
+        )
+        await conn.execute(
+            "DELETE FROM deliveries WHERE event_pk = ANY($1::bigint[])", verdict.expired
+        )
+        status = await conn.execute(
+            "DELETE FROM events WHERE pk = ANY($1::bigint[])", verdict.expired
+        )
+        deleted = _rowcount(status)  # another replica's pass may have taken some
+    done = len(examined) < len(rows) or len(rows) < limit
+    return deleted, verdict.walk, done
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command status such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
