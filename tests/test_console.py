@@ -7,6 +7,8 @@ tests/test_console_browser.py drives the same pages in a real browser.
 from __future__ import annotations
 
 import html
+import json
+from pathlib import Path
 
 import pytest
 from markupsafe import escape
@@ -29,6 +31,7 @@ from tests.console_helpers import (
     start_console,
 )
 from tests.receiver import Receiver
+from tests.stores import store_urls
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
 
@@ -391,3 +394,41 @@ async def test_a_long_dead_count_stops_at_its_cap_and_says_so(
     assert '<strong class="big" id="dead-count">2+</strong>' in text
     confirm = await (await signed_in.admin.get("/dead/replay?type=A")).text()
     assert "More than 2 match: every one that matches when you confirm is replayed." in confirm
+
+
+async def test_every_page_and_action_works_on_either_store(
+    store_kind: str,
+    tmp_path: Path,
+    write_config: ConfigWriter,
+    start_relay: StartRelay,
+    receiver: Receiver,
+) -> None:
+    """The pages read only through the store's interface: SQLite and PostgreSQL alike."""
+    async with store_urls(store_kind, tmp_path) as url:
+        text = config_text(receiver).replace('"sqlite:///relay.db"', json.dumps(url))
+        relay = await start_relay(write_config(text))
+        try:
+            assert (await sign_in(relay)).status == 303
+            assert (await relay.post("/hooks/in", {"id": "ok1", "type": "A"})).status == 202
+            await relay.wait_for_state("delivered")
+            dead_id = await dead_delivery(relay, receiver, {"id": "d1", "type": "B"})
+            await page_until(relay, "/", 'class="target health-failing"')
+            assert ">0.2</td>" in await page_until(relay, "/", "health-failing")
+            for path in (
+                "/deliveries?type=B",
+                "/deliveries?start=2000-01-01T00:00&end=2999-01-01T00:00",
+                f"/deliveries/{dead_id}",
+                "/dead?type=B",
+                "/dead/replay",
+                "/config",
+            ):
+                page = await relay.admin.get(path)
+                assert page.status == 200, path
+                assert "in / d1" in await page.text() or path == "/config", path
+            csrf = await csrf_of(relay, "/dead/replay")
+            done = await post_form(relay, "/dead/replay", {}, csrf)
+            assert done.headers["Location"] == "/dead?done=replayed&n=1"
+            await relay.wait_for_state("delivered", count=2)
+        finally:
+            await relay.admin.close()
+            await relay.client.close()

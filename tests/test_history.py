@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,21 @@ async def test_retention_purges_the_attempts_with_their_event(
         assert [(a.number, a.result, a.status, a.error) for a in detail.attempts] == [
             (1, "dead", 500, "HTTP 500")
         ]
+
+
+async def test_a_delivery_shows_its_event_as_stored_with_where_its_data_is(
+    store_kind: str, tmp_path: Path
+) -> None:
+    """What the console renders a request from: the event's bytes, headers and `data_key`."""
+    async with open_test_store(store_kind, tmp_path, Clock()) as store:
+        enveloped = replace(event("e1"), data_key="data", created_at=999.5)
+        await store.ingest(enveloped, ["a"])
+        (record,) = await store.deliveries(limit=1)
+        detail = await store.delivery(record.id)
+        assert isinstance(detail, DeliveryDetail)
+        shown = detail.event
+        assert (shown.body, shown.headers) == (enveloped.body, {"h": "v"})
+        assert (shown.data_key, shown.created_at) == ("data", 999.5)
 
 
 async def test_a_store_from_before_the_history_is_migrated_and_its_deliveries_listed(

@@ -101,12 +101,13 @@ async def list_deliveries(
 
 async def delivery_detail(conn: asyncpg.Connection, delivery_id: int) -> DeliveryDetail | None:
     row = await conn.fetchrow(
-        f"SELECT {COLUMNS}, e.created_at, e.headers, e.body FROM {FROM} WHERE d.id = $1",
+        f"SELECT {COLUMNS}, e.created_at, e.headers, e.body, e.data_key FROM {FROM}"
+        " WHERE d.id = $1",
         delivery_id,
     )
     if row is None:
         return None
-    *listed, created_at, headers, body = tuple(row)
+    *listed, created_at, headers, body, data_key = tuple(row)
     record = DeliveryRecord(*listed)
     event = StoredEvent(
         record.source,
@@ -116,6 +117,7 @@ async def delivery_detail(conn: asyncpg.Connection, delivery_id: int) -> Deliver
         created_at,
         stored_headers(headers),
         bytes(body),
+        data_key,
     )
     attempts = await conn.fetch(
         "SELECT number, started_at, duration_s, result, status, error, response, retry_after"
