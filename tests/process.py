@@ -52,6 +52,7 @@ def relay_config(
     concurrency: int = 4,
     store: str = "relay.db",
     admin_port: int | None = None,
+    retry: str = "{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}",
 ) -> str:
     """One open source at /hooks/in routed to one http target, with short retries; the admin
     listener on `admin_port` (default: a free port)."""
@@ -68,7 +69,7 @@ def relay_config(
             url: "{target_url}/in"
             timeout: 5s
             concurrency: {concurrency}
-            retry: {{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}}
+            retry: {retry}
         routes:
           - targets: [out]
         """
