@@ -32,7 +32,9 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import sys
@@ -197,6 +199,7 @@ def run(args: argparse.Namespace, kind: Kind, work_dir: Path, problems: Any) -> 
     work_dir.mkdir(parents=True)
     if kind.store is not None:
         shutil.copyfile(kind.store, work_dir / "relay.db")
+    os.sync()  # the copy's dirty pages would otherwise be written out during the run
     with helper_server("receiver", work_dir) as receiver:
         config, port = ingest.write_relay_config(work_dir, receiver.port, args.concurrency)
         with relay_server(config, port, args.relay_src) as relay:
@@ -276,6 +279,10 @@ def print_results(args: argparse.Namespace, results: dict[str, list[dict[str, An
     print(f"relay's peak RSS {peak / 1e6:.0f} MB (aim < 150 MB: {_aim(peak < RSS_AIM_BYTES)})")
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _aim(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -304,6 +311,7 @@ def main() -> int:
     import report
 
     args = parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # the temporary stores go too
     problems = ingest.Problems()
     print(f"relay from {args.source}; {report.machine()}")
     print(f"others busy: {others_busy_cores():.2f} cores")
@@ -319,6 +327,9 @@ def main() -> int:
         except BenchError as exc:
             print(f"bench failed: {exc}", flush=True)
             return 1
+        except KeyboardInterrupt:
+            print("interrupted: servers stopped, temporary files removed", flush=True)
+            return 130
     print_results(args, results)
     if args.json:
         dump = {"results": results, "problems": problems.items}

@@ -9,7 +9,8 @@ every scenario in turn, so that a busy moment of the machine falls on all of the
 
 Scenarios: every delivery due, no ordering; the same with `ordering` over 1,000 keys of 200
 deliveries each; ordering where one key holds the whole backlog behind a failing head (its
-retry an hour away); a target that is down, no ordering (every retry an hour away). Then
+retry an hour away); a target that is down, no ordering (every retry an hour away); every
+delivery due with 1,000 of them leased (attempts in flight). Then
 ingest with and without ordering keys, 50 events per group commit, runs alternating.
 
     .venv/bin/python bench/claim.py [--backlog 200000] [--relay-src DIR]
@@ -37,6 +38,7 @@ DUE_ROUNDS = 200  # next_due_at took tens of ms before it was indexed
 INGEST_EVENTS = 20_000
 INGEST_GROUP = 50
 KEYS = 1000
+IN_FLIGHT = 1000
 
 
 def main() -> None:
@@ -63,6 +65,7 @@ async def run_all(scratch: Path, backlog: int, ordering: bool) -> None:
         ("all due, ordering by 1,000 keys", lambda s, n: ingest(s, n, by_key), ordering),
         ("ordering, one key behind a failing head", one_key, ordering),
         ("target down, no ordering", down, True),
+        (f"all due, {IN_FLIGHT:,} in flight", in_flight, True),
     ]
     stores: dict[str, Any] = {}
     for number, (name, build, runnable) in enumerate(scenarios):
@@ -117,6 +120,13 @@ async def one_key(store: Any, count: int) -> None:
     await ingest(store, count, lambda n: "k")
     (head,) = await store.claim("t", 4, 30.0)
     await store.record([AttemptResult(head.id, "pending", time.time() + 3600, 503, "down")])
+
+
+async def in_flight(store: Any, count: int) -> None:
+    """Every delivery due and the oldest IN_FLIGHT leased for an hour: attempts in flight to a
+    slow target of high concurrency (or warehouse batches)."""
+    await ingest(store, count, None)
+    await store.claim("t", IN_FLIGHT, 3600.0)
 
 
 async def down(store: Any, count: int) -> None:

@@ -54,6 +54,7 @@ def relay_config(
     admin_port: int | None = None,
     store_url: str | None = None,
     max_per_second: float | None = None,
+    retry: str = "{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}",
 ) -> str:
     """One open source at /hooks/in routed to one http target, with short retries; the admin
     listener on `admin_port` (default: a free port). The store is the SQLite file `store`
@@ -73,7 +74,7 @@ def relay_config(
             url: "{target_url}/in"
             timeout: 5s
             concurrency: {concurrency}
-            retry: {{initial: 50ms, max_interval: 200ms, max_elapsed: 1m}}
+            retry: {retry}
             {limit}
         routes:
           - targets: [out]

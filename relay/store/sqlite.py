@@ -83,20 +83,15 @@ CLAIMABLE = (
     " INDEXED BY deliveries_order WHERE o.state = 'pending' AND o.target = :target"
     " AND o.order_key = d.order_key AND o.id < d.id))"
 )
-# What a worker may claim of :target, as (id, due), the earliest :limit: from the due index
-# (pending, nobody's lease) those due by :due_by and, apart, those whose lease ran out by :now
-# (an attempt that outlived it), due when it did. Two index walks that stop after :limit
-# entries each: neither steps over a delivery that is not claimable (schema.py). The
-# `lease_until` terms are literals, so that SQLite takes the partial indexes.
-CLAIMABLE_DUE = (
-    "SELECT id, due FROM (SELECT id, next_attempt_at AS due FROM deliveries d"
-    " WHERE state = 'pending' AND lease_until = 0 AND target = :target"
-    f" AND next_attempt_at <= :due_by AND {CLAIMABLE} ORDER BY next_attempt_at LIMIT :limit)"
-    " UNION ALL SELECT id, due FROM (SELECT id, lease_until AS due FROM deliveries d"
-    " WHERE state = 'pending' AND lease_until > 0 AND target = :target"
-    f" AND lease_until <= :now AND {CLAIMABLE} ORDER BY lease_until LIMIT :limit)"
-    " ORDER BY due LIMIT :limit"
+# A worker walks only deliveries it may claim (schema.py): the due index holds the pending ones
+# nobody leased, in the order they come due; a lease that ran out by :now (an attempt that
+# outlived it) is found by one seek in the index of leased ones. The `lease_until` terms are
+# literals, so that SQLite takes the partial indexes.
+UNLEASED = (
+    "FROM deliveries d WHERE state = 'pending' AND lease_until = 0 AND target = :target"
+    f" AND {CLAIMABLE}"
 )
+LAPSED_LEASE = "state = 'pending' AND lease_until > 0 AND target = :target AND lease_until <= :now"
 # At a daemon's start, no other process holds a lease (the lock file): the leased index alone.
 RELEASE_LEASES = "UPDATE deliveries SET lease_until = 0 WHERE state = 'pending' AND lease_until > 0"
 # A delivery with a key waits while another of its target and key is pending.
@@ -344,25 +339,24 @@ class SqliteStore:
 
     async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
         now = self._clock()
+        times = {"now": now, "until": now + lease_s, "target": target, "limit": limit}
+
+        def lapse(cur: sqlite3.Cursor) -> None:  # claimable again, from the due index
+            cur.execute(f"UPDATE deliveries SET lease_until = 0 WHERE {LAPSED_LEASE}", times)
 
         def lease(cur: sqlite3.Cursor) -> list[Any]:
             return cur.execute(
                 "UPDATE deliveries SET attempts = attempts + 1,"
                 " first_attempt_at = COALESCE(first_attempt_at, :now),"
                 " lease_until = :until, updated_at = :now"
-                f" WHERE id IN (SELECT id FROM ({CLAIMABLE_DUE}))"
+                f" WHERE id IN (SELECT id {UNLEASED} AND next_attempt_at <= :now"
+                " ORDER BY next_attempt_at LIMIT :limit)"
                 " RETURNING id, event_pk, attempts, first_attempt_at, order_key",
-                {
-                    "now": now,
-                    "due_by": now,
-                    "until": now + lease_s,
-                    "target": target,
-                    "limit": limit,
-                },
+                times,
             ).fetchall()
 
         try:
-            (claimed,) = self._writes.transaction([lease])
+            _, claimed = self._writes.transaction([lapse, lease])
         except Exception as exc:
             raise self._health.error_from(exc) from exc
         if not claimed:
@@ -461,14 +455,18 @@ class SqliteStore:
         await self._writes.submit(drop)
 
     async def next_due_at(self, target: str) -> float | None:
-        # The first entry of each of the two indexes: a few microseconds however many
-        # deliveries wait or are in flight (docs/benchmarks.md). A lease that runs out is
-        # found by the worker's poll, at most a second later.
-        rows = self._read(
-            f"SELECT due FROM ({CLAIMABLE_DUE})",
-            {"target": target, "due_by": HELD_AT, "now": self._clock(), "limit": 1},
+        # One entry of each of the two indexes: a few microseconds however many deliveries
+        # wait or are in flight (docs/benchmarks.md). A lease that runs out later is found
+        # by the worker's poll, at most a second later.
+        now = self._clock()
+        ((due, lapsed),) = self._read(
+            f"SELECT (SELECT next_attempt_at {UNLEASED} ORDER BY next_attempt_at LIMIT 1),"
+            f" EXISTS (SELECT 1 FROM deliveries d WHERE {LAPSED_LEASE} AND {CLAIMABLE})",
+            {"target": target, "now": now},
         )
-        return float(rows[0][0]) if rows else None
+        if lapsed:
+            return now
+        return None if due is None else float(due)
 
     async def forget_order_keys(self, target: str) -> int:
         now = self._clock()
@@ -560,20 +558,22 @@ class SqliteStore:
         return counts
 
     async def pending_by_target(self) -> dict[str, int]:
-        # The partial indexes of pending deliveries cover this: 0.08 s for 670,000 of them
-        # (five times faster than the planner's own choice, the state index).
-        rows = self._read(targets.PENDING_BY_TARGET)
+        # The partial indexes of pending deliveries cover this (0.08 s for 670,000 of them,
+        # five times faster than the planner's own choice, the state index), off the event
+        # loop: a reload asks for it while relay serves.
+        rows = await self._aside(lambda db: db.execute(targets.PENDING_BY_TARGET).fetchall())
         return {target: count for target, count, _ in rows}
 
     async def target_statuses_aside(self) -> list[TargetStatus]:
-        """`target_statuses`, read in a thread on a read-only connection of its own, off the
-        event loop: in WAL mode a reader waits for no writer (the gauges, every few seconds)."""
+        """`target_statuses`, off the event loop (the gauges, every few seconds)."""
         return await self._aside(targets.target_statuses)
 
     async def delivered_since(self, since: float) -> dict[str, int]:
         return await self._aside(partial(targets.delivered_since, since=since))
 
     async def _aside(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """`read` in a thread on a read-only connection of its own: in WAL mode a reader
+        waits for no writer."""
         self._health.check()
         try:
             return await asyncio.to_thread(self._read_aside, read)
