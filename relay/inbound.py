@@ -134,15 +134,14 @@ class Ingest:
 
     def _handler(self, source: CompiledSource, router: Router, order_keys: OrderKeys) -> Handler:
         # Every result counted from the start (at 0), so that alerts see each series begin.
-        counted = {r: self._metrics.requests.labels(source.name, r) for r in INBOUND_RESULTS}
-        accepted, duplicate = counted["accepted"], counted["duplicate"]
+        counted = self._metrics.requests.of_source(source.name, INBOUND_RESULTS)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 response = await self._accept(source, router, order_keys, request)
             except InboundError as exc:
                 result = refusal_result(exc)
-                counted[result].inc()
+                counted[result] += 1
                 log.info(
                     "source %s: refused with %d: %s",
                     source.name,
@@ -152,14 +151,14 @@ class Ingest:
                 )
                 return error_response(exc.status, exc.reason)
             except Exception:  # a bug: answered as JSON, logged once with its traceback
-                counted["internal_error"].inc()
+                counted["internal_error"] += 1
                 log.exception(
                     "source %s: unexpected error while handling a request",
                     source.name,
                     extra=_refusal_fields(source.name, request, 500, None, "internal_error"),
                 )
                 return error_response(500, "relay failed to handle this request; see its log")
-            (accepted if response.status == 202 else duplicate).inc()
+            counted["accepted" if response.status == 202 else "duplicate"] += 1
             return response
 
         return handle
@@ -167,7 +166,8 @@ class Ingest:
     async def _accept(
         self, source: CompiledSource, router: Router, order_keys: OrderKeys, request: web.Request
     ) -> web.StreamResponse:
-        source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
+        if source.allow_ips is not None:  # the peer's address is looked up only for this
+            source.check_address(request.remote, request.headers.get("X-Forwarded-For"))
         body = await _read_body(request, self._max_body_bytes)
         headers = {name.lower(): header_text(value) for name, value in request.headers.items()}
         if source.verify is not None:
