@@ -76,6 +76,7 @@ class Settings:
     purge_events: int
     use_wrk: bool
     relay_src: Path | None
+    ingest_only: bool = False
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
@@ -97,6 +98,9 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
         "--purge-events", type=int, default=200_000, help="scenario 4 backlog to purge"
     )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="scenario 1 only: to compare a change"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs, for trying changes")
     parser.add_argument(
         "--relay-src", type=Path, help="run the relay package in this directory (a scratch copy)"
@@ -122,6 +126,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
         purge_events=args.purge_events,
         use_wrk=not args.no_wrk,
         relay_src=args.relay_src.resolve() if args.relay_src else None,
+        ingest_only=args.ingest_only,
     )
     return settings, args
 
@@ -466,6 +471,9 @@ def run_all(s: Settings, work: Path, problems: Problems) -> dict[str, Any]:
     if wrk_path:
         step("scenario 1 again with wrk")
     results["ingest_wrk"] = ingest_wrk(s, wrk_path, work, problems) if wrk_path else None
+    if s.ingest_only:
+        report.print_ingest(rounds, results["ingest_wrk"], s, CONNECTIONS, s.use_wrk)
+        return results
     step("scenario 2: end to end")
     results["end_to_end"] = end_to_end(s, work, problems)
     step("scenario 3: latency at a fixed rate")
