@@ -1,4 +1,4 @@
-"""`make bench`: relay's ingest and delivery figures on this machine, in one run (~100 s).
+"""`make bench`: relay's ingest and delivery figures on this machine, in one run (~4 minutes).
 
 1. Ingest throughput: relay (HMAC verify + JSON parse + durable SQLite commit + 202) against a
    bare aiohttp handler (read the body, answer 200), both closed-loop at 32 connections with
@@ -11,6 +11,9 @@
 4. Ingest latency at that rate while retention purges a backlog of old delivered events
    (default 200,000, ~225 MB: bench/backlog.py), against the same store and rate with a
    retention that purges nothing.
+5-8. Baselines side by side (bench/baselines.py): a bare aiohttp client loop, the naive relay
+   (Flask + requests under gunicorn), fan-out to 1, 5 and 20 targets, and isolation from a
+   target that hangs.
 
 Each server runs in its own process on a free 127.0.0.1 port (relay as `python -m relay run`),
 the load generator in another (bench/loadgen.py, the same for relay and the bare handler). If
@@ -66,11 +69,14 @@ class Settings:
     duration_s: float
     events: int
     delivery_concurrency: int
+    naive_events: int
+    fanout_events: int
     rate: float
     rate_duration_s: float
     purge_events: int
     use_wrk: bool
     relay_src: Path | None
+    ingest_only: bool = False
 
 
 def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
@@ -82,12 +88,19 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
     parser.add_argument("--duration-s", type=float, default=4.0, help="measured, per run")
     parser.add_argument("--events", type=int, default=20_000, help="scenario 2 event count")
     parser.add_argument("--delivery-concurrency", type=int, default=32)
+    parser.add_argument("--naive-events", type=int, default=5_000, help="scenario 6 events")
+    parser.add_argument(
+        "--fanout-events", type=int, default=2_000, help="scenario 7 events (x1, x5, x20)"
+    )
     parser.add_argument("--rate", type=float, default=500.0, help="scenario 3 events/s")
     parser.add_argument("--rate-duration-s", type=float, default=5.0)
     parser.add_argument(
         "--purge-events", type=int, default=200_000, help="scenario 4 backlog to purge"
     )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="scenario 1 only: to compare a change"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs, for trying changes")
     parser.add_argument(
         "--relay-src", type=Path, help="run the relay package in this directory (a scratch copy)"
@@ -99,23 +112,65 @@ def parse_settings(argv: list[str] | None = None) -> tuple[Settings, argparse.Na
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration_s, args.events, args.rate_duration_s = 1, 2.0, 5_000, 2.0
-        args.purge_events = 30_000
+        args.purge_events, args.naive_events, args.fanout_events = 30_000, 1_000, 500
     settings = Settings(
         rounds=max(1, args.rounds),
         warmup_s=args.warmup_s,
         duration_s=args.duration_s,
         events=args.events,
         delivery_concurrency=args.delivery_concurrency,
+        naive_events=args.naive_events,
+        fanout_events=args.fanout_events,
         rate=args.rate,
         rate_duration_s=args.rate_duration_s,
         purge_events=args.purge_events,
         use_wrk=not args.no_wrk,
         relay_src=args.relay_src.resolve() if args.relay_src else None,
+        ingest_only=args.ingest_only,
     )
     return settings, args
 
 
 # -- relay under test ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    path: Path
+    port: int
+    admin_port: int
+
+
+def write_config(
+    work_dir: Path,
+    targets: dict[str, dict[str, Any]],
+    retention: dict[str, str] | None = None,
+) -> RelayConfig:
+    """A config in `work_dir` (store and templates beside it), routing every event to every
+    one of `targets` (none: no route)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "templates").mkdir()
+    port, admin_port = free_port(), free_port()  # admin not on 9090: another may have it
+    verify = {"scheme": "hmac-sha256", "secret": SECRET, "header": SIGNATURE_HEADER}
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "store": "sqlite:///relay.db",
+        "templates_dir": "templates",
+        "sources": {"flagright": {"path": SOURCE_PATH, "verify": verify}},
+    }
+    if retention is not None:
+        config["retention"] = retention
+    if targets:
+        config["targets"] = targets
+        config["routes"] = [{"sources": ["flagright"], "targets": list(targets)}]
+    path = work_dir / "relay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return RelayConfig(path, port, admin_port)
+
+
+def http_target(port: int, concurrency: int, path: str = "/sink") -> dict[str, Any]:
+    return {"kind": "http", "url": f"http://127.0.0.1:{port}{path}", "concurrency": concurrency}
 
 
 def write_relay_config(
@@ -124,27 +179,10 @@ def write_relay_config(
     concurrency: int,
     retention: dict[str, str] | None = None,
 ) -> tuple[Path, int]:
-    """A config in `work_dir` (store and templates beside it); a route only with a receiver."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "templates").mkdir()
-    port = free_port()
-    verify = {"scheme": "hmac-sha256", "secret": SECRET, "header": SIGNATURE_HEADER}
-    config: dict[str, Any] = {
-        "listen": f"127.0.0.1:{port}",
-        "admin": {"listen": f"127.0.0.1:{free_port()}"},  # not 9090: another may have it
-        "store": "sqlite:///relay.db",
-        "templates_dir": "templates",
-        "sources": {"flagright": {"path": SOURCE_PATH, "verify": verify}},
-    }
-    if retention is not None:
-        config["retention"] = retention
-    if receiver_port is not None:
-        url = f"http://127.0.0.1:{receiver_port}/sink"
-        config["targets"] = {"sink": {"kind": "http", "url": url, "concurrency": concurrency}}
-        config["routes"] = [{"sources": ["flagright"], "targets": ["sink"]}]
-    path = work_dir / "relay.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path, port
+    """A config in `work_dir`; one target, the receiver, only with a receiver."""
+    targets = {} if receiver_port is None else {"sink": http_target(receiver_port, concurrency)}
+    config = write_config(work_dir, targets, retention)
+    return config.path, config.port
 
 
 def wal_bytes(config: Path) -> int:
@@ -433,6 +471,9 @@ def run_all(s: Settings, work: Path, problems: Problems) -> dict[str, Any]:
     if wrk_path:
         step("scenario 1 again with wrk")
     results["ingest_wrk"] = ingest_wrk(s, wrk_path, work, problems) if wrk_path else None
+    if s.ingest_only:
+        report.print_ingest(rounds, results["ingest_wrk"], s, CONNECTIONS, s.use_wrk)
+        return results
     step("scenario 2: end to end")
     results["end_to_end"] = end_to_end(s, work, problems)
     step("scenario 3: latency at a fixed rate")
@@ -442,7 +483,18 @@ def run_all(s: Settings, work: Path, problems: Problems) -> dict[str, Any]:
     }
     step("scenario 4: latency while retention purges a backlog")
     results["purge"] = purge_scenario(s, work, problems)
+    import baselines  # here: it imports this module's pieces
+
+    step("scenario 5: the bare client loop")
+    results["client_loop"] = baselines.client_loop(s, work, problems)
+    step("scenario 6: the naive relay (Flask + requests under gunicorn)")
+    results["naive"] = baselines.naive(s, work, problems)
+    step("scenario 7: fan-out to 1, 5 and 20 targets")
+    results["fanout"] = baselines.fanout(s, work, problems)
+    step("scenario 8: isolation from a hanging target")
+    results["isolation"] = baselines.isolation(s, work, problems)
     report.print_results(results, s, CONNECTIONS, wrk_wanted=s.use_wrk)
+    baselines.print_baselines(results, CONNECTIONS)
     return results
 
 

@@ -239,7 +239,12 @@ def relay_server(
 
 def run_loadgen(args: Sequence[str], timeout_s: float) -> dict[str, Any]:
     """Run bench/loadgen.py to completion and return the JSON it prints."""
-    argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), *args]
+    return run_script("loadgen.py", args, timeout_s)
+
+
+def run_script(script: str, args: Sequence[str], timeout_s: float = 300.0) -> dict[str, Any]:
+    """Run a script of bench/ to completion and return the JSON it prints."""
+    argv = [sys.executable, str(BENCH_DIR / script), *args]
     try:
         done = subprocess.run(
             argv,
@@ -250,10 +255,10 @@ def run_loadgen(args: Sequence[str], timeout_s: float) -> dict[str, Any]:
             preexec_fn=stop_with_parent,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"load generator did not finish within {timeout_s:g}s") from exc
+        raise BenchError(f"{script} did not finish within {timeout_s:g}s") from exc
     if done.returncode != 0:
         stderr = done.stderr.decode(errors="replace")[-2000:]
-        raise BenchError(f"load generator failed ({done.returncode}):\n{stderr}")
+        raise BenchError(f"{script} failed ({done.returncode}):\n{stderr}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 

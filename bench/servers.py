@@ -4,6 +4,7 @@
   receiver  The delivery target: read the body, answer 200, count distinct Relay-Event-Id
             values; GET /stats tells how many arrived and when the last new one did (on the
             monotonic clock, which every process of this machine shares).
+  hang      A target that never answers: each request waits until the client gives up.
 
 Both stop on SIGTERM or SIGINT, or by themselves after --max-s seconds. `--server relay` serves
 them through relay's own runner (bench/server_overhead.py compares the two).
@@ -29,6 +30,12 @@ async def bare_handler(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def hang_handler(request: web.Request) -> web.Response:
+    await request.read()
+    await asyncio.sleep(3600)  # the client's timeout ends it, or the server's shutdown
+    return web.Response(status=200)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(status=200, text="ok")
 
@@ -38,6 +45,7 @@ class Receiver:
         self.requests = 0
         self.event_ids: set[str] = set()
         self.first_at: float | None = None
+        self.last_at: float | None = None
         self.last_new_at: float | None = None
 
     async def sink(self, request: web.Request) -> web.Response:
@@ -46,6 +54,7 @@ class Receiver:
         self.requests += 1
         if self.first_at is None:
             self.first_at = now
+        self.last_at = now
         event_id = request.headers.get("Relay-Event-Id", "")
         if event_id not in self.event_ids:
             self.event_ids.add(event_id)
@@ -58,6 +67,7 @@ class Receiver:
                 "requests": self.requests,
                 "events": len(self.event_ids),
                 "first_at": self.first_at,
+                "last_at": self.last_at,
                 "last_new_at": self.last_new_at,
             }
         )
@@ -68,6 +78,8 @@ def build_app(kind: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     if kind == "bare":
         app.router.add_post("/{tail:.*}", bare_handler)
+    elif kind == "hang":
+        app.router.add_post("/{tail:.*}", hang_handler)
     else:
         receiver = Receiver()
         app.router.add_get("/stats", receiver.stats)
@@ -79,7 +91,8 @@ def build_runner(app: web.Application, server: str) -> web.AppRunner:
     """aiohttp's own runner, or relay's (read deadline, connection cap, JSON refusals)."""
     if server == "relay":
         return RelayRunner(app, LimitsConfig())
-    return web.AppRunner(app, access_log=None, handle_signals=False)
+    # a hanging request is cut at shutdown, not waited for
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
 
 
 async def serve(kind: str, port: int, max_s: float, server: str = "aiohttp") -> None:
@@ -101,7 +114,7 @@ async def serve(kind: str, port: int, max_s: float, server: str = "aiohttp") -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["bare", "receiver"])
+    parser.add_argument("kind", choices=["bare", "receiver", "hang"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-s", type=float, default=300.0, help="stop by itself after this")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")

@@ -37,6 +37,7 @@ from relay.metrics import Metrics
 from relay.redaction import Redactor, config_secrets
 from relay.reload import ConfigChange, ReloadAttempt, ReloadResult, compare
 from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
+from relay.server import DIRECT_ROUTE
 from relay.store import open_store
 from relay.store.base import Store
 from relay.targets.base import Resources, Target
@@ -319,6 +320,7 @@ async def create_app(
     app = web.Application(client_max_size=config.limits.max_body_bytes)
     app[STORE] = daemon.store
     app[DAEMON] = daemon
+    app[DIRECT_ROUTE] = daemon.ingest.direct  # a POST to a source path skips the router
     app.router.add_get("/healthz", daemon.healthz)
     app.router.add_route("*", "/{tail:.*}", daemon.ingest.dispatch)
     app.cleanup_ctx.extend(daemon.contexts())

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
@@ -32,12 +32,8 @@ ATTEMPT_RESULTS = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "relay_inbound_requests",
-            "Inbound requests by source and result: accepted, duplicate, or why it was refused.",
-            ["source", "result"],
-            registry=self.registry,
-        )
+        self.requests = InboundCounts()
+        self.registry.register(self.requests)
         self.deliveries = Counter(
             "relay_deliveries",
             "Deliveries settled, by target and outcome (delivered, dead).",
@@ -85,6 +81,38 @@ def result_class(outcome: Outcome) -> str:
     if isinstance(outcome, Delivered):
         return "ok"
     return "transient_error" if isinstance(outcome, Retry) else "permanent_error"
+
+
+class InboundCounts:
+    """relay_inbound_requests_total, a collector of plain integers per source and result.
+
+    A prometheus_client Counter child takes a lock and calls through two objects per `inc()`;
+    ingest adds 1 to an integer in a dict instead, on the event loop, where the metrics page
+    reads them too.
+    """
+
+    NAME = "relay_inbound_requests"
+    HELP = "Inbound requests by source and result: accepted, duplicate, or why it was refused."
+
+    def __init__(self) -> None:
+        self._sources: dict[str, dict[str, int]] = {}
+
+    def of_source(self, source: str, results: Iterable[str]) -> dict[str, int]:
+        """The counts of `source` (kept across reloads), every one of `results` there from 0."""
+        counts = self._sources.setdefault(source, {})
+        for result in results:
+            counts.setdefault(result, 0)
+        return counts
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["source", "result"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["source", "result"])
+        for source, counts in self._sources.items():
+            for result, count in counts.items():
+                family.add_metric([source, result], count)
+        yield family
 
 
 class TargetLatency:

@@ -3,9 +3,10 @@ connections, and aiohttp's own refusals answered as JSON.
 
 aiohttp closes idle keep-alive connections, but lets a request's head and body take as long as
 the client likes, keeps every connection it accepts, and answers malformed requests in plain
-text. `RelayRequestHandler` adds what is missing. This is the only module that reaches into
-aiohttp's server (the aiohttp range is pinned in pyproject.toml, and tests check one answer
-aiohttp generates byte for byte, so a change inside aiohttp fails loudly).
+text. `RelayRequestHandler` adds what is missing. This module and relay/answers.py (ingest's
+prepared answers) are the only ones that reach into aiohttp's server (the aiohttp range is
+pinned in pyproject.toml, and tests check answers aiohttp generates byte for byte, so a change
+inside aiohttp fails loudly).
 
 Each connection is in one phase at a time:
 
@@ -27,7 +28,7 @@ import enum
 import logging
 import resource
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -46,6 +47,10 @@ RESERVED_FILES = 128  # descriptors left for the store, outbound connections and
 DEADLINE_CHECKS_PER_TIMEOUT = 10  # a request is closed or answered 408 within 10% past it
 
 AppHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A request the app can answer without aiohttp's router: its handler, else None.
+DirectRoute = Callable[[web.Request], RequestHandler | None]
+DIRECT_ROUTE: web.AppKey[DirectRoute] = web.AppKey("direct_route")
 Task = asyncio.Task[None]
 RequestFactory = Callable[
     [RawRequestMessage, StreamReader, web.RequestHandler, AbstractStreamWriter, Task],
@@ -253,8 +258,29 @@ class RelayServer(web.Server):
         super().pre_shutdown()
 
 
+def direct_first(direct: DirectRoute, app_handler: AppHandler) -> AppHandler:
+    """Ask `direct` for each request's handler, and the app (its router) only if it has none.
+
+    A request answered directly skips aiohttp's routing: resolving the path against every
+    resource, building and freezing its match info (~20k instructions a request). Such a
+    request has no match info: its handler must not need `request.app` or `match_info`.
+    """
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        app_request = cast(web.Request, request)  # what the app's request factory makes
+        handler = direct(app_request)
+        if handler is None:
+            return await app_handler(request)
+        return await handler(app_request)
+
+    return handle
+
+
 class RelayRunner(web.AppRunner):
-    """The AppRunner `relay run` and the tests serve with: the app, on a RelayServer."""
+    """The AppRunner `relay run` and the tests serve with: the app, on a RelayServer.
+
+    An app that holds a DIRECT_ROUTE has it asked first for each request's handler.
+    """
 
     def __init__(
         self,
@@ -272,8 +298,12 @@ class RelayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # starts the app up and freezes it
+        handler: AppHandler = plain.request_handler
+        direct = self.app.get(DIRECT_ROUTE)
+        if direct is not None:
+            handler = direct_first(direct, handler)
         return RelayServer(
-            plain.request_handler,
+            handler,
             request_factory=plain.request_factory,
             connections=self.connections,
             keepalive_timeout=self._limits.idle_timeout.total_seconds(),

@@ -5,10 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
 
-from tests.conftest import SECRET, ConfigWriter, Relay, StartRelay, hmac_hex
+from relay.config import LimitsConfig
+from relay.server import DIRECT_ROUTE
+from tests.conftest import SECRET, ConfigWriter, Relay, RelayTestServer, StartRelay, hmac_hex
+from tests.rawhttp import RawConnection
 from tests.receiver import Receiver
 
 CONFIG = """\
@@ -146,3 +152,58 @@ async def test_health_and_metrics_endpoints(relay: Relay) -> None:
     posted = await relay.client.post("/healthz")
     assert posted.status == 405
     assert await posted.json() == {"error": "method POST is not allowed on /healthz; use GET"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "direct"),
+    [
+        ("POST", "/hooks/shop", {}, True),
+        ("POST", "/hooks/open", {}, True),
+        ("GET", "/hooks/shop", {}, False),  # the router answers 405
+        ("POST", "/hooks/nope", {}, False),  # the router answers 404
+        ("GET", "/healthz", {}, False),
+        ("POST", "/hooks/shop", {"Expect": "100-continue"}, False),  # the router answers 100
+    ],
+)
+async def test_only_a_post_to_a_source_path_skips_the_router(
+    relay: Relay, method: str, path: str, headers: dict[str, str], direct: bool
+) -> None:
+    request = make_mocked_request(method, path, headers=headers)
+    assert (relay.daemon.ingest.direct(request) is not None) is direct
+
+
+async def test_the_server_asks_the_direct_route_first_then_the_router() -> None:
+    async def routed(request: web.Request) -> web.Response:
+        return web.Response(text=f"routed {request.match_info['tail']}")
+
+    async def direct(request: web.Request) -> web.Response:
+        return web.Response(text="direct")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", routed)
+    app[DIRECT_ROUTE] = lambda request: direct if request.path == "/fast" else None
+    client: TestClient[Any, Any] = TestClient(RelayTestServer(app, LimitsConfig()))
+    await client.start_server()
+    try:
+        assert await (await client.get("/fast")).text() == "direct"
+        assert await (await client.get("/slow")).text() == "routed slow"
+    finally:
+        await client.close()
+
+
+async def test_an_expect_100_continue_post_goes_through_the_router_and_is_stored(
+    relay: Relay,
+) -> None:
+    connection = await RawConnection.open(relay.client.port)
+    body = b'{"id": "continue-1"}'
+    await connection.send(
+        b"POST /hooks/open HTTP/1.1\r\nHost: relay\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    interim = await connection.reader.readuntil(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await connection.send(body)
+    response = await connection.response()
+    connection.close()
+    assert response.status == 202
+    assert response.json() == {"id": "continue-1", "deliveries": 1}

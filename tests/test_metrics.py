@@ -204,3 +204,18 @@ async def test_the_gauges_reading_never_creates_a_store_file_that_is_gone(tmp_pa
         assert not path.exists()
     finally:
         await store.close()
+
+
+def test_inbound_counts_are_kept_across_reloads_and_exported_as_a_counter() -> None:
+    metrics = Metrics()
+    counts = metrics.requests.of_source("shop", INBOUND_RESULTS)
+    counts["accepted"] += 2
+    again = metrics.requests.of_source("shop", INBOUND_RESULTS)  # what a reload does
+    again["signature"] += 1
+    found = samples(metrics.exposition())
+    shop = {
+        dict(labels)["result"]: value
+        for (name, labels), value in found.items()
+        if name == "relay_inbound_requests_total"
+    }
+    assert shop == {**dict.fromkeys(INBOUND_RESULTS, 0.0), "accepted": 2.0, "signature": 1.0}

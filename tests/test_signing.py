@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
 from relay.shared_config import HmacSignConfig, StandardWebhooksSignConfig
-from relay.signing import build_signer, standard_webhooks_key, standard_webhooks_signature
+from relay.signing import (
+    build_signer,
+    hmac_sha256,
+    keyed_hmac_sha256,
+    standard_webhooks_key,
+    standard_webhooks_signature,
+)
 
 # The Standard Webhooks / Svix reference test vector.
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -48,3 +56,16 @@ def test_standard_webhooks_headers_verify_with_the_reference_library() -> None:
     assert headers["webhook-timestamp"] == str(now)
     verified = Webhook(SW_SECRET).verify(SW_BODY.decode(), headers)
     assert verified == {"test": 2432232314}
+
+
+@given(st.binary(max_size=100), st.binary(max_size=3000))
+def test_a_keyed_hmac_gives_the_one_shot_hmac_every_time(key: bytes, message: bytes) -> None:
+    mac = keyed_hmac_sha256(key)
+    assert mac(message) == mac(message) == hmac_sha256(key, message)
+
+
+def test_a_keyed_hmac_matches_the_openssl_vector() -> None:
+    # printf %s hello | openssl dgst -sha256 -hmac key
+    assert keyed_hmac_sha256(b"key")(b"hello").hex() == (
+        "9307b3b915efb5171ff14d8cb55fbcc798c6c0ef1456d66ded1a6aa723a58b7b"
+    )

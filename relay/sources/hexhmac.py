@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from relay.errors import VerificationError
 from relay.fields import secret_values
-from relay.signing import hmac_sha256
+from relay.signing import Mac, hmac_sha256, keyed_hmac_sha256
 from relay.sources.base import Signer, Verifier, VerifyModel
 
 
@@ -35,6 +35,7 @@ def build_hex_hmac_verifier(
     """Check `header_names[0]` (or the first present alternative) against every secret."""
     names = [name.lower() for name in header_names]
     shown = " or ".join(header_names)
+    macs = [keyed_hmac_sha256(secret) for secret in secrets]
 
     def check(body: bytes, headers: Mapping[str, str]) -> None:
         name = next((n for n in names if n in headers), None)
@@ -47,17 +48,18 @@ def build_hex_hmac_verifier(
         received = [s for s in received if s]
         if not received:
             raise VerificationError(f"signature header {name} is empty")
-        if not matches_any(secrets, body, received):
+        if not matches_any(macs, body, received):
             raise VerificationError(f"signature in {name} does not match the body")
 
     return check
 
 
-def matches_any(secrets: Sequence[bytes], body: bytes, received: Sequence[str]) -> bool:
-    """Constant-time comparison of every expected digest with every received one."""
+def matches_any(macs: Sequence[Mac], body: bytes, received: Sequence[str]) -> bool:
+    """Constant-time comparison of every expected digest (one per secret's MAC) with every
+    received one."""
     found = False
-    for secret in secrets:
-        expected = hmac_sha256(secret, body).hex().encode()
+    for mac in macs:
+        expected = mac(body).hex().encode()
         for signature in received:
             found |= hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
     return found

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from relay.errors import InboundError, VerificationError
 from relay.fields import Duration, WhsecSecrets, secret_values
-from relay.signing import hmac_sha256, standard_webhooks_key, standard_webhooks_signature
+from relay.signing import keyed_hmac_sha256, standard_webhooks_key, standard_webhooks_signature
 from relay.sources.base import (
     EventIdentity,
     Sender,
@@ -54,6 +54,8 @@ def sign(verify: StandardWebhooksVerifyConfig, body: bytes, now: float) -> dict[
 def build_verifier(
     keys: Sequence[bytes], tolerance_s: float, clock: Callable[[], float]
 ) -> Verifier:
+    macs = [keyed_hmac_sha256(key) for key in keys]
+
     def check(body: bytes, headers: Mapping[str, str]) -> None:
         msg_id, timestamp, signatures = _headers(headers)
         now = clock()
@@ -70,8 +72,8 @@ def build_verifier(
         if not received:
             raise VerificationError("webhook-signature has no v1 signature")
         found = False
-        for key in keys:
-            expected = base64.b64encode(hmac_sha256(key, signed))
+        for mac in macs:
+            expected = base64.b64encode(mac(signed))
             for signature in received:
                 found |= hmac.compare_digest(expected, signature)
         if not found:
