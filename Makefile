@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench bench-warehouse schema clean
+.PHONY: run test lint bench bench-postgres bench-warehouse schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+bench-postgres: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
+	$(BIN)/python bench/replicas.py
 
 bench-warehouse: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
 	$(BIN)/python bench/warehouse.py
