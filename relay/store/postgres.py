@@ -37,7 +37,7 @@ import asyncpg
 from relay.errors import StoreError
 from relay.events import Delivery, Event
 from relay.ratelimit import Limiter
-from relay.store import pg_views
+from relay.store import pg_targets, pg_views
 from relay.store.base import (
     EVERY_DELIVERY,
     HELD_AT,
@@ -54,10 +54,11 @@ from relay.store.base import (
 )
 from relay.store.pg_ingest import Ingester
 from relay.store.pg_listen import Listener, WakeTargets, channel_name
+from relay.store.pg_purge import purge_batch, rowcount
 from relay.store.pg_ratelimit import SharedRateLimiter
 from relay.store.pg_schema import MIGRATIONS, migrate
 from relay.store.pg_writes import PgGroupCommit, is_connection_loss
-from relay.store.purge import BATCH_EVENTS, Walk, examinable, judge
+from relay.store.purge import BATCH_EVENTS, Walk
 from relay.store.rows import ATTEMPT_OUTCOMES, event_from_row
 from relay.store.url import PostgresUrl
 
@@ -399,7 +400,7 @@ class PostgresStore:
                 " WHERE state = 'pending' AND target = $1 AND order_key IS NOT NULL",
                 target,
             )
-            return _rowcount(held)
+            return rowcount(held)
 
         count: int = await self._write(forget)
         return count
@@ -415,66 +416,20 @@ class PostgresStore:
         return TargetPause(rows[0][0], rows[0][1]) if rows else None
 
     async def pause_target(self, target: str, reason: str) -> TargetPause:
-        now = self._clock()
-
-        async def pause(conn: asyncpg.Connection) -> TargetPause:
-            await conn.execute(
-                "INSERT INTO targets (name, paused_at, paused_reason) VALUES ($1, $2, $3)"
-                " ON CONFLICT (name) DO UPDATE SET paused_at = $2, paused_reason = $3"
-                " WHERE targets.paused_at IS NULL",
-                target,
-                now,
-                reason,
-            )
-            row = await conn.fetchrow(
-                "SELECT paused_at, paused_reason FROM targets WHERE name = $1", target
-            )
-            return TargetPause(row[0], row[1]) if row is not None else TargetPause(now, reason)
-
-        in_force: TargetPause = await self._write(pause)
+        op = partial(pg_targets.pause, target=target, reason=reason, now=self._clock())
+        in_force: TargetPause = await self._write(op)
         return in_force
 
     async def resume_target(self, target: str) -> TargetPause | None:
-        now = self._clock()
-
-        async def resume(conn: asyncpg.Connection) -> TargetPause | None:
-            row = await conn.fetchrow(
-                "SELECT paused_at, paused_reason FROM targets WHERE name = $1"
-                " AND paused_at IS NOT NULL FOR UPDATE",
-                target,
-            )
-            if row is None:
-                return None
-            ended = TargetPause(row[0], row[1])
-            await conn.execute(
-                "UPDATE targets SET paused_at = NULL, paused_reason = NULL WHERE name = $1", target
-            )
-            await conn.execute(
-                "UPDATE deliveries SET first_attempt_at = first_attempt_at + $1"
-                " WHERE state = 'pending' AND target = $2 AND first_attempt_at IS NOT NULL",
-                max(0.0, now - ended.since),
-                target,
-            )
-            return ended
-
-        ended: TargetPause | None = await self._write(resume)
+        ended: TargetPause | None = await self._write(
+            partial(pg_targets.resume, target=target, now=self._clock())
+        )
         return ended
 
     async def note_activity(self, target: str, activity: TargetActivity) -> None:
-        async def note(conn: asyncpg.Connection) -> None:
-            await conn.execute(
-                "INSERT INTO targets (name, last_success_at, last_error_at, last_error)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET"
-                " last_success_at = COALESCE(excluded.last_success_at, targets.last_success_at),"
-                " last_error_at = COALESCE(excluded.last_error_at, targets.last_error_at),"
-                " last_error = COALESCE(excluded.last_error, targets.last_error)",
-                target,
-                activity.last_success_at,
-                activity.last_error_at,
-                activity.last_error,
-            )
-
-        await self._results.submit(note)
+        await self._results.submit(
+            partial(pg_targets.note_activity, target=target, activity=activity)
+        )
 
     async def target_statuses(self) -> list[TargetStatus]:
         statuses: list[TargetStatus] = await self._on_connection(pg_views.target_statuses)
@@ -512,10 +467,10 @@ class PostgresStore:
 
         async def revive(conn: asyncpg.Connection) -> int:
             if delivery_ids is None:
-                return _rowcount(await conn.execute(REPLAY, now, HELD_AT))
+                return rowcount(await conn.execute(REPLAY, now, HELD_AT))
             ids = sorted(set(delivery_ids))
             status = await conn.execute(f"{REPLAY} AND id = ANY($3::bigint[])", now, HELD_AT, ids)
-            return _rowcount(status)
+            return rowcount(status)
 
         count: int = await self._write(revive)
         return count
@@ -543,7 +498,7 @@ class PostgresStore:
         walk, purged = self._walk.start(now), 0
         while True:
             started = time.perf_counter()
-            op = partial(_purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
+            op = partial(purge_batch, retention=retention, now=now, walk=walk, limit=batch_events)
             batch_purged: int
             try:
                 ((batch_purged, walk, done),) = await self._writes.transaction([op])
@@ -555,50 +510,6 @@ class PostgresStore:
             await asyncio.sleep((time.perf_counter() - started) * PURGE_REST_RATIO)
         self._walk = walk
         return purged
-
-
-async def _purge_batch(
-    conn: asyncpg.Connection, retention: RetentionPolicy, now: float, walk: Walk, limit: int
-) -> tuple[int, Walk, bool]:
-    """One batch, in the caller's transaction."""
-    rows = [
-        (row[0], row[1])
-        for row in await conn.fetch(
-            "SELECT pk, received_at FROM events WHERE pk > $1 ORDER BY pk LIMIT $2",
-            walk.after_pk,
-            limit,
-        )
-    ]
-    examined = examinable(rows, retention, now)
-    deliveries: dict[int, list[tuple[DeliveryState, float]]] = {}
-    for event_pk, state, updated_at in await conn.fetch(
-        "SELECT event_pk, state, updated_at FROM deliveries WHERE event_pk = ANY($1::bigint[])"
-        " FOR UPDATE",
-        [pk for pk, _ in examined],
-    ):
-        deliveries.setdefault(event_pk, []).append((state, updated_at))
-    verdict = judge(examined, deliveries, retention, now, walk)
-    deleted = 0
-    if verdict.expired:
-        await conn.execute(
-            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries"
-            " WHERE event_pk = ANY($1::bigint[]))",
-            verdict.expired,
-        )
-        await conn.execute(
-            "DELETE FROM deliveries WHERE event_pk = ANY($1::bigint[])", verdict.expired
-        )
-        status = await conn.execute(
-            "DELETE FROM events WHERE pk = ANY($1::bigint[])", verdict.expired
-        )
-        deleted = _rowcount(status)  # another replica's pass may have taken some
-    done = len(examined) < len(rows) or len(rows) < limit
-    return deleted, verdict.walk, done
-
-
-def _rowcount(status: str) -> int:
-    """The row count of a command status such as `UPDATE 3`."""
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def _describe(exc: BaseException) -> str:
