@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: run test lint bench bench-backlog bench-instructions bench-warehouse schema clean
+.PHONY: run test lint bench bench-backlog bench-instructions bench-postgres bench-warehouse schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-backlog: $(STAMP)  # relay beside 1,000,000 pending deliveries (about 3 mi
 
 bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 2 minutes
 	$(BIN)/python bench/instructions.py
+
+bench-postgres: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
+	$(BIN)/python bench/replicas.py
 
 bench-warehouse: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
 	$(BIN)/python bench/warehouse.py

@@ -342,6 +342,7 @@ class OpenLoop:
             "unfinished": self._outstanding,
             "first_sent_at": min(rec.sent, default=started_at),
             "last_done_at": max(rec.done, default=started_at),
+            "started_at": started_at,  # request i was due at started_at + i / rate
         }
 
 
@@ -373,6 +374,7 @@ def main() -> None:
         )
     result = uvloop.run(runner.run(args.port))
     result["body_bytes"] = len(factory.body(0))
+    result["id_prefix"] = factory.id_prefix
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

@@ -55,9 +55,14 @@ class RequestFactory:
         )
         self._run = uuid.uuid4().hex  # ids of one run share a random prefix, then count up
 
-    def body(self, index: int) -> bytes:
+    @property
+    def id_prefix(self) -> str:
+        """What every id of this run starts with; the rest is the request's index, in hex."""
         run = self._run
-        event_id = f"{run[:8]}-{run[8:12]}-4{run[13:16]}-a{run[17:20]}-{index:012x}"
+        return f"{run[:8]}-{run[8:12]}-4{run[13:16]}-a{run[17:20]}-"
+
+    def body(self, index: int) -> bytes:
+        event_id = f"{self.id_prefix}{index:012x}"
         fields = {"id": event_id, "case": index, "ts": 1_700_000_000_000 + index}
         return (self._template % fields).encode()
 

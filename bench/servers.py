@@ -3,7 +3,8 @@
   bare      POST anywhere: read the body, answer 200. The ceiling relay's ingest is compared to.
   receiver  The delivery target: read the body, answer 200, count distinct Relay-Event-Id
             values; GET /stats tells how many arrived and when the last new one did (on the
-            monotonic clock, which every process of this machine shares).
+            monotonic clock, which every process of this machine shares), GET /arrivals when
+            each event first arrived.
   hang      A target that never answers: each request waits until the client gives up.
 
 Both stop on SIGTERM or SIGINT, or by themselves after --max-s seconds. `--server relay` serves
@@ -43,7 +44,7 @@ async def healthz(request: web.Request) -> web.Response:
 class Receiver:
     def __init__(self) -> None:
         self.requests = 0
-        self.event_ids: set[str] = set()
+        self.arrivals: dict[str, float] = {}  # event id -> when it first arrived
         self.first_at: float | None = None
         self.last_at: float | None = None
         self.last_new_at: float | None = None
@@ -56,8 +57,8 @@ class Receiver:
             self.first_at = now
         self.last_at = now
         event_id = request.headers.get("Relay-Event-Id", "")
-        if event_id not in self.event_ids:
-            self.event_ids.add(event_id)
+        if event_id not in self.arrivals:
+            self.arrivals[event_id] = now
             self.last_new_at = now
         return web.Response(status=200)
 
@@ -65,12 +66,15 @@ class Receiver:
         return web.json_response(
             {
                 "requests": self.requests,
-                "events": len(self.event_ids),
+                "events": len(self.arrivals),
                 "first_at": self.first_at,
                 "last_at": self.last_at,
                 "last_new_at": self.last_new_at,
             }
         )
+
+    async def arrivals_page(self, request: web.Request) -> web.Response:
+        return web.json_response(self.arrivals)
 
 
 def build_app(kind: str) -> web.Application:
@@ -83,6 +87,7 @@ def build_app(kind: str) -> web.Application:
     else:
         receiver = Receiver()
         app.router.add_get("/stats", receiver.stats)
+        app.router.add_get("/arrivals", receiver.arrivals_page)
         app.router.add_post("/{tail:.*}", receiver.sink)
     return app
 

@@ -73,12 +73,13 @@ NO_ORDERING = OrderKeys()
 
 def key_text(value: Any) -> str | None:
     """A key as stored: a string as it is, anything else as JSON (`42`, `true`); None for
-    null. A key longer than MAX_KEY_CHARS, or one that is not UTF-8 text (a lone surrogate
-    from JSON's `\\ud800`), is stored as its SHA-256: equal keys still store equal."""
+    null. A key longer than MAX_KEY_CHARS, one that is not UTF-8 text (a lone surrogate from
+    JSON's `\\ud800`) or one that holds NUL (which PostgreSQL text cannot) is stored as its
+    SHA-256: equal keys still store equal."""
     if value is None:
         return None
     text = value if isinstance(value, str) else jsoncodec.dumps_compact(value)
-    if len(text) <= MAX_KEY_CHARS and _is_utf8(text):
+    if len(text) <= MAX_KEY_CHARS and "\0" not in text and _is_utf8(text):
         return text
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

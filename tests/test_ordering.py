@@ -54,6 +54,7 @@ def test_long_keys_and_keys_that_are_not_utf8_are_stored_as_their_hash() -> None
     assert len(str(key_text(long_key))) == len("sha256:") + 64
     assert key_text("x" * (MAX_KEY_CHARS + 2)) != key_text(long_key)
     assert str(key_text("\ud800")).startswith("sha256:")  # SQLite text must be UTF-8
+    assert str(key_text("a\0b")).startswith("sha256:")  # PostgreSQL text cannot hold NUL
     assert key_text("x" * MAX_KEY_CHARS) == "x" * MAX_KEY_CHARS
 
 

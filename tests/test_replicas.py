@@ -177,15 +177,17 @@ targets:
 routes:
   - targets: [out]
 """
-    storing = await start_relay(write_config(config))
     (tmp_path / "other").mkdir()
     other_config = tmp_path / "other" / "relay.yaml"
     other_config.write_text(config, encoding="utf-8")
     delivering = await start_relay(other_config)
+    # Its worker has looked for work and is waiting out its poll once it has delivered this.
+    assert (await delivering.post("/hooks/app", {"id": "warm"})).status == 202
+    await delivering.wait_for_state("delivered")
+    storing = await start_relay(write_config(config))
     assert storing.daemon.dispatcher is not None
     storing.daemon.dispatcher.begin_shutdown()
-    await asyncio.sleep(0.1)  # both workers are now waiting out their first poll
     assert (await storing.post("/hooks/app", {"id": "e1"})).status == 202
-    await receiver.wait_for(1, timeout_s=10)
-    (record,) = await delivering.wait_for_state("delivered")
-    assert record.event_id == "e1"
+    await receiver.wait_for(2, timeout_s=10)
+    await delivering.wait_for_state("delivered", count=2)
+    assert [r.body for r in receiver.received] == [b'{"id": "warm"}', b'{"id": "e1"}']

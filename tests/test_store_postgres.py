@@ -4,6 +4,7 @@ replicas (leases, SKIP LOCKED claims, dedup, NOTIFY, one send rate, migrations a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -207,3 +208,29 @@ async def test_relay_migrate_brings_the_schema_up_to_date_and_says_so(
     versions = await pg.fetch(f'SELECT max(version) FROM "{url.schema}".{VERSION_TABLE}')
     assert versions == [(len(MIGRATIONS),)]
     assert await asyncio.to_thread(main, ["migrate", "-c", str(config)]) == 0  # nothing to do
+
+
+async def test_the_operator_commands_work_on_the_shared_store(
+    replicas: list[PostgresStore],
+    url: PostgresUrl,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`relay targets pause` from an operator's machine reaches every replica; `relay
+    deliveries` lists what they stored."""
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        f'store: "{url}"\ntargets:\n  a: {{kind: console}}\nroutes:\n  - targets: [a]\n',
+        encoding="utf-8",
+    )
+    await replicas[0].ingest(event("e1"), ["a"])
+
+    def run(*argv: str) -> str:
+        assert main([*argv, "-c", str(config)]) == 0
+        return capsys.readouterr().out
+
+    assert "a is paused" in await asyncio.to_thread(run, "targets", "pause", "a")
+    assert await replicas[1].claim("a", 10, 30) == []
+    printed = await asyncio.to_thread(run, "deliveries", "--json")
+    listed = [json.loads(line) for line in printed.splitlines()]
+    assert [(d["event_id"], d["state"]) for d in listed] == [("e1", "pending")]
