@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from relay import replaying
 from relay.console import pages
 from relay.console.headers import CONTENT_SECURITY_POLICY
 from relay.console.session import SESSION_COOKIE
+from relay.errors import StoreError
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.console_helpers import (
     TARGET_SECRET,
@@ -175,6 +177,7 @@ async def test_pages_and_api_answers_carry_a_strict_content_security_policy(
         assert "frame-ancestors 'none'" in policy
         assert policy.startswith("default-src 'none'")
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Referrer-Policy"] == "same-origin"
     page = await signed_in.admin.get("/")
     assert page.headers["Cache-Control"] == "no-store"
@@ -432,3 +435,37 @@ async def test_every_page_and_action_works_on_either_store(
         finally:
             await relay.admin.close()
             await relay.client.close()
+
+
+async def test_a_store_that_cannot_answer_or_a_bug_is_a_page_saying_so(
+    signed_in: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unavailable(since: float) -> dict[str, int]:
+        raise StoreError("store relay.db is locked")
+
+    monkeypatch.setattr(signed_in.store, "delivered_since", unavailable)
+    page = await signed_in.admin.get("/")
+    assert page.status == 503
+    assert "The store cannot answer right now: store relay.db is locked" in await page.text()
+
+    async def broken(since: float) -> dict[str, int]:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(signed_in.store, "delivered_since", broken)
+    with caplog.at_level(logging.ERROR, logger="relay.admin"):
+        page = await signed_in.admin.get("/")
+    assert page.status == 500
+    assert "relay failed to show this page; see its log." in await page.text()
+    assert "a bug" not in await page.text()
+    assert any(record.exc_info for record in caplog.records)
+
+
+async def test_without_a_token_there_is_no_sign_in(
+    write_config: ConfigWriter, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = await start_relay(write_config(config_text(receiver).replace("admin: {token: ", "#")))
+    for response in (
+        await relay.admin.get("/sign-in", allow_redirects=False),
+        await relay.admin.post("/sign-in", data={"token": "x"}, allow_redirects=False),
+    ):
+        assert (response.status, response.headers["Location"]) == (303, "/")
