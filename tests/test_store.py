@@ -66,6 +66,9 @@ async def test_claim_leases_and_counts_an_attempt(tmp_path: Path) -> None:
         assert await store.claim("a", 10, lease_s=30) == []  # leased
         assert await store.next_due_at("a") is None  # leased: the worker's poll finds it
         clock.now += 31  # the lease ran out: the attempt is presumed lost
+        due = await store.next_due_at("a")
+        assert due is not None
+        assert due <= clock.now
         (again,) = await store.claim("a", 10, lease_s=30)
         assert (again.attempt, again.first_attempt_at) == (2, 1_000.0)
         await store.record(
