@@ -92,9 +92,9 @@ CLAIMABLE = (
 # A worker walks only deliveries it may claim (schema.py): the due index holds the pending ones
 # nobody leased, in the order they come due; a lease that ran out by :now (an attempt that
 # outlived it) is found by one seek in the index of leased ones. A claim takes those first
-# (they are rare, and were due before their lease), then the due ones, in one statement: a
-# union with an ORDER BY over both, or a second statement, cost 20-30 us more per claim. The
-# `lease_until` terms are literals, so that SQLite takes the partial indexes.
+# (they are rare, and were due before their lease), then the due ones, in one statement (a
+# union sorted over both arms cost 20-25 us more per call). The `lease_until` terms are
+# literals, so that SQLite takes the partial indexes.
 UNLEASED = (
     "FROM deliveries d WHERE state = 'pending' AND lease_until = 0 AND target = :target"
     f" AND {CLAIMABLE}"
