@@ -20,7 +20,8 @@ in turn (so a busy moment of the shared machine falls on all of them alike):
 2. Draining: delivered events per second from relay's start, until the receiver has 20,000,
    with only those 20,000 due in the store and with 1,000,000 due (aim: within 20 %).
 
-For each run, relay's resident memory at its peak (aim: < 150 MB). Each store is written
+For each run, relay's resident memory at its peak (aim: < 150 MB), and the CPU relay used
+per event delivered while measured (ingest included in 1). Each store is written
 once and copied for every run.
 
     .venv/bin/python bench/backlog.py [--backlog N] [--rounds R] [--relay-src DIR]
@@ -49,9 +50,11 @@ from procs import (
     REPO_DIR,
     BenchError,
     Server,
+    get_json,
     helper_server,
     memory_bytes,
     others_busy_cores,
+    process_cpu_s,
     relay_server,
 )
 
@@ -203,14 +206,23 @@ def run(args: argparse.Namespace, kind: Kind, work_dir: Path, problems: Any) -> 
     with helper_server("receiver", work_dir) as receiver:
         config, port = ingest.write_relay_config(work_dir, receiver.port, args.concurrency)
         with relay_server(config, port, args.relay_src) as relay:
+            cpu_s, delivered = process_cpu_s(relay.process.pid), receiver_events(receiver)
             if kind.drain:
                 result = drain(args, receiver, problems, kind.name)
             else:
                 result = paced(args, port, receiver, problems, kind.name)
+            cpu_s = process_cpu_s(relay.process.pid) - cpu_s
+            delivered = receiver_events(receiver) - delivered
+            result["relay_cpu_us_per_delivery"] = cpu_s / delivered * 1e6 if delivered else None
             result["memory"] = memory_bytes(relay.process.pid)
             result["wal_bytes"] = ingest.wal_bytes(config)
     ingest.check_wal(problems, kind.name, result)
     return result
+
+
+def receiver_events(receiver: Server) -> int:
+    events: int = get_json(f"{receiver.url}/stats")["events"]
+    return events
 
 
 def paced(
@@ -268,7 +280,8 @@ def print_results(args: argparse.Namespace, results: dict[str, list[dict[str, An
             shown = ", ".join(f"{p99:.1f}" for p99 in p99s)
             print(f"  {name:36} p99 ms {shown} (median {figures[name]:.1f}); p50 ms {p50s}")
         peaks = ", ".join(f"{r['memory'].get('peak_rss', 0) / 1e6:.0f}" for r in runs)
-        print(f"  {'':36} relay's peak RSS MB {peaks}")
+        cpu = ", ".join(f"{r['relay_cpu_us_per_delivery'] or 0:.0f}" for r in runs)
+        print(f"  {'':36} relay's peak RSS MB {peaks}; relay CPU us per delivery {cpu}")
     empty, full, small, large = figures.values()
     p99_ratio, drain_ratio = full / empty, large / small
     peak = max(r["memory"].get("peak_rss", 0) for runs in results.values() for r in runs)

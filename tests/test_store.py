@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,6 +76,9 @@ async def test_claim_leases_and_counts_an_attempt(store: AnyStore, clock: Clock)
     assert await store.claim("a", 10, lease_s=30) == []  # leased
     assert await store.next_due_at("a") is None  # leased: the worker's poll finds it
     clock.now += 31  # the lease ran out: the attempt is presumed lost
+    due = await store.next_due_at("a")
+    assert due is not None
+    assert due <= clock.now
     (again,) = await store.claim("a", 10, lease_s=30)
     assert (again.attempt, again.first_attempt_at) == (2, 1_000.0)
     await store.record(
@@ -126,6 +130,40 @@ async def test_restart_releases_leases_of_the_crashed_run(tmp_path: Path) -> Non
         assert claimed.attempt == 2
     finally:
         await second.close()
+
+
+async def test_a_store_from_before_the_leased_index_is_migrated_with_its_leases(
+    tmp_path: Path,
+) -> None:
+    """The due index is split in two by the last migration: a delivery leased by the previous
+    run moves to the leased index, and the daemon's start releases it as before."""
+    path = tmp_path / "relay.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as old:
+        before = next(n for n, script in enumerate(MIGRATIONS) if "deliveries_waiting" in script)
+        for number, script in enumerate(MIGRATIONS[:before], start=1):
+            old.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
+        old.execute(
+            "INSERT INTO events (pk, source, event_id, type, received_at, body, headers)"
+            " VALUES (1, 'src', 'e1', 't', 1000, X'7B7D', '{}')"
+        )
+        old.executemany(
+            "INSERT INTO deliveries (event_pk, target, state, next_attempt_at, lease_until,"
+            " updated_at) VALUES (1, ?, 'pending', 1000, ?, 1000)",
+            [("a", 0.0), ("b", 5_000.0)],  # b leased for long past now
+        )
+    store = SqliteStore(path, Clock())
+    await store.open()
+    try:
+        assert await store.pending_by_target() == {"a": 1, "b": 1}
+        assert [d.target for d in await store.claim("a", 10, lease_s=30)] == ["a"]
+        assert [d.target for d in await store.claim("b", 10, lease_s=30)] == ["b"]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        names = {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+    assert {"deliveries_waiting", "deliveries_leased"} <= names
+    assert "deliveries_due" not in names
 
 
 async def test_replay_revives_only_dead_deliveries(store: AnyStore) -> None:

@@ -81,6 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     # moves to an index of its own, by when its lease runs out. Claims and `next_due_at` then
     # read a few index entries however large the backlog and however many attempts are in
     # flight (the shared due index made them step over every leased delivery, reading its row).
+    # The price: a claim moves an index entry, 20-30 us and two pages of WAL more per delivery
+    # at low concurrency (docs/benchmarks.md).
     """
     DROP INDEX deliveries_due;
     CREATE INDEX deliveries_waiting ON deliveries (target, next_attempt_at)

@@ -85,7 +85,9 @@ CLAIMABLE = (
 )
 # A worker walks only deliveries it may claim (schema.py): the due index holds the pending ones
 # nobody leased, in the order they come due; a lease that ran out by :now (an attempt that
-# outlived it) is found by one seek in the index of leased ones. The `lease_until` terms are
+# outlived it) is found by one seek in the index of leased ones. A claim takes those first
+# (they are rare, and were due before their lease), then the due ones, in one statement (a
+# union sorted over both arms cost 20-25 us more per call). The `lease_until` terms are
 # literals, so that SQLite takes the partial indexes.
 UNLEASED = (
     "FROM deliveries d WHERE state = 'pending' AND lease_until = 0 AND target = :target"
@@ -341,22 +343,21 @@ class SqliteStore:
         now = self._clock()
         times = {"now": now, "until": now + lease_s, "target": target, "limit": limit}
 
-        def lapse(cur: sqlite3.Cursor) -> None:  # claimable again, from the due index
-            cur.execute(f"UPDATE deliveries SET lease_until = 0 WHERE {LAPSED_LEASE}", times)
-
         def lease(cur: sqlite3.Cursor) -> list[Any]:
             return cur.execute(
                 "UPDATE deliveries SET attempts = attempts + 1,"
                 " first_attempt_at = COALESCE(first_attempt_at, :now),"
                 " lease_until = :until, updated_at = :now"
-                f" WHERE id IN (SELECT id {UNLEASED} AND next_attempt_at <= :now"
-                " ORDER BY next_attempt_at LIMIT :limit)"
+                f" WHERE id IN (SELECT id FROM (SELECT id FROM deliveries d WHERE {LAPSED_LEASE}"
+                f" AND {CLAIMABLE} LIMIT :limit) UNION ALL SELECT id FROM (SELECT id {UNLEASED}"
+                " AND next_attempt_at <= :now ORDER BY next_attempt_at LIMIT :limit)"
+                " LIMIT :limit)"
                 " RETURNING id, event_pk, attempts, first_attempt_at, order_key",
                 times,
             ).fetchall()
 
         try:
-            _, claimed = self._writes.transaction([lapse, lease])
+            (claimed,) = self._writes.transaction([lease])
         except Exception as exc:
             raise self._health.error_from(exc) from exc
         if not claimed:
