@@ -32,7 +32,7 @@ test: lint
 bench: $(BENCH_STAMP)  # the bench extra: the naive relay it compares with
 	$(BIN)/python bench/ingest.py
 
-bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 2 minutes
+bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 7 minutes
 	$(BIN)/python bench/instructions.py
 
 bench-warehouse: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
