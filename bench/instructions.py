@@ -47,12 +47,24 @@ from ingest import (
     write_config,
     write_relay_config,
 )
-from procs import BENCH_DIR, BenchError, Server, free_port, helper_server, running
+from procs import BENCH_DIR, REPO_DIR, BenchError, Server, free_port, helper_server, running
 
 START_TIMEOUT_S = 300.0  # start-up is not instrumented, but valgrind still runs it ~5x slower
 CONTROL_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 1800.0  # a closed loop that ends when its requests run out, well before this
 EXPECTED_STATUS = {"bare": "200", "relay": "202"}
+
+
+# `--relay-src DIR`: count the relay package in DIR (a scratch copy of another commit)
+relay_src: Path | None = None
+
+
+def relay_env() -> tuple[dict[str, str], Path | None]:
+    """The environment and working directory relay runs with (None: the repository's)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
+    if relay_src is None:
+        return env, None
+    return dict(env, PYTHONPATH=str(relay_src)), relay_src
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,9 @@ def serve(server: str, work: Path) -> tuple[contextlib.AbstractContextManager[Se
     """The server under callgrind, and the prefix of its callgrind files."""
     work.mkdir(parents=True, exist_ok=True)
     out_prefix = work / "callgrind"
-    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts in every run
+    env, cwd = relay_env()
     if server == "bare":
+        env, cwd = dict(os.environ, PYTHONHASHSEED="0"), None
         port = free_port()
         program = [sys.executable, str(BENCH_DIR / "servers.py"), "bare", "--port", str(port)]
         program += ["--max-s", str(LOAD_TIMEOUT_S)]
@@ -123,7 +136,10 @@ def serve(server: str, work: Path) -> tuple[contextlib.AbstractContextManager[Se
         program.append(str(config))
         log = work / "relay.log"
     argv = callgrind_argv(out_prefix, program)
-    return running(server, argv, port, log, env=env, start_timeout_s=START_TIMEOUT_S), out_prefix
+    context = running(
+        server, argv, port, log, cwd=cwd or REPO_DIR, env=env, start_timeout_s=START_TIMEOUT_S
+    )
+    return context, out_prefix
 
 
 def load(server: Server, requests: int) -> None:
@@ -162,13 +178,19 @@ def count_relay_delivery(work: Path, warmup: int, events: int) -> Count:
     """Instructions per delivery: resuming a paused target and delivering `events`."""
     work.mkdir(parents=True, exist_ok=True)
     out_prefix = work / "callgrind"
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env, cwd = relay_env()
     with helper_server("receiver", work) as receiver:
         config = write_config(work / "relay", {"sink": http_target(receiver.port, 32)})
         argv = callgrind_argv(out_prefix, relay_program(config.path))
         log = work / "relay.log"
         with running(
-            "relay", argv, config.port, log, env=env, start_timeout_s=START_TIMEOUT_S
+            "relay",
+            argv,
+            config.port,
+            log,
+            cwd=cwd or REPO_DIR,
+            env=env,
+            start_timeout_s=START_TIMEOUT_S,
         ) as relay:
             load(relay, warmup)
             wait_for_receiver(receiver, warmup, LOAD_TIMEOUT_S)
@@ -283,7 +305,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs per server, alternating")
     parser.add_argument("--only", choices=list(COUNTERS), help="count one of them only")
     parser.add_argument("--keep", action="store_true", help="keep callgrind's files and logs")
+    parser.add_argument("--relay-src", type=Path, help="count the relay package in this directory")
     args = parser.parse_args()
+    global relay_src
+    relay_src = args.relay_src.resolve() if args.relay_src else None
     names = [n for n, (what, _) in COUNTERS.items() if args.what in (what, "both")]
     names = [args.only] if args.only else names
     counts: list[Count] = []
