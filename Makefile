@@ -32,10 +32,10 @@ test: lint
 bench: $(BENCH_STAMP)  # the bench extra: the naive relay it compares with
 	$(BIN)/python bench/ingest.py
 
-bench-backlog: $(STAMP)  # relay beside 1,000,000 pending deliveries (about 3 minutes)
+bench-backlog: $(STAMP)  # relay beside 1,000,000 pending deliveries (about 5 minutes)
 	$(BIN)/python bench/backlog.py
 
-bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 2 minutes
+bench-instructions: $(STAMP)  # needs valgrind (callgrind); about 7 minutes
 	$(BIN)/python bench/instructions.py
 
 bench-postgres: $(STAMP)  # needs PostgreSQL on 127.0.0.1 ($$RELAY_TEST_POSTGRES_URL)
