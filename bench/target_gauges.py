@@ -35,7 +35,8 @@ from payloads import EVENT_TYPE, RequestFactory
 
 from relay.events import Event
 from relay.store.schema import migrate
-from relay.store.sqlite import DEAD_BY_TARGET, PENDING_BY_TARGET, SqliteStore
+from relay.store.sqlite import SqliteStore
+from relay.store.sqlite_targets import DEAD_BY_TARGET, PENDING_BY_TARGET
 
 INGESTERS = 32
 HEADERS = json.dumps({"content-type": "application/json"})
