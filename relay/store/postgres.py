@@ -2,9 +2,10 @@
 
 Same semantics as the SQLite store (relay/store/base.py), shared by every replica:
 
-- ingest commits in groups (pg_writes.py); an event is one statement that inserts it (nothing
-  when its (source, id) is stored: `ON CONFLICT DO NOTHING`, whichever replica stored it),
-  its deliveries, and a NOTIFY per target that other replicas' workers wake on (pg_listen.py);
+- ingest commits in groups (pg_ingest.py), a group's events in one statement that inserts
+  them (nothing for one whose (source, id) is stored: `ON CONFLICT DO NOTHING`, whichever
+  replica stored it), their deliveries, and a NOTIFY per target that every replica's workers
+  wake on (pg_listen.py); the other writes share group commits of their own (pg_writes.py);
 - a claim leases with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same delivery;
   a lease is never released at start-up (another replica may hold it): a replica that dies
   leaves its leases to run out, and then any replica claims those deliveries again;
