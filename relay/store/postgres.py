@@ -196,11 +196,11 @@ class PostgresStore:
             raise
         if steps:
             log.info(
-                "store %s: schema %s migrated to version %d (%d steps)",
+                "store %s: schema %s migrated from version %d to %d",
                 self.url.shown,
                 self.url.schema,
+                len(MIGRATIONS) - steps,
                 len(MIGRATIONS),
-                steps,
             )
         if daemon:
             self._listener = Listener(self.connect_options(), self.channel)
