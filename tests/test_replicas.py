@@ -2,8 +2,9 @@
 
 Two replicas started at once on an empty schema; events posted across both, one SIGKILLed
 mid-way and restarted (every acknowledged event delivered; sent twice only what the killed
-one had in flight); both replicas' connections terminated mid-stream; dedup across replicas; one send rate for a target across replicas; a
-replica woken by another's NOTIFY rather than by its poll.
+one had in flight); both replicas' connections terminated mid-stream; dedup across
+replicas; one send rate for a target across replicas; a replica woken by another's NOTIFY
+rather than by its poll.
 """
 
 from __future__ import annotations
