@@ -151,11 +151,14 @@ def end_to_end(setup: Setup, work: Path, store_url: str, s: argparse.Namespace) 
         total = per_replica * setup.replicas
         stats = wait_for(receiver, total, timeout_s=120)
     first = min(run["first_sent_at"] for run in runs)
-    finished = stats["last_new_at"] or max(run["last_done_at"] for run in runs)
+    last_post = max(run["last_done_at"] for run in runs)
+    finished = stats["last_new_at"] or last_post
     return {
         "events": total,
         "delivered": stats["events"],
         "delivered_per_s": stats["events"] / (finished - first),
+        "ingest_per_s": total / (last_post - first),  # while delivering
+        "drain_after_last_post_s": finished - last_post,
         "statuses": _statuses(runs),
     }
 

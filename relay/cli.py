@@ -293,7 +293,7 @@ async def serve(config: Config, path: Path) -> int:
             __version__,
             config.listen,
             config.admin.listen,
-            config.store,
+            parse_store_url(config.store).shown,  # a password written in the file stays out
         )
         store_failed = await _until_stopped(stop, app[STORE])
         log.info("shutting down: no new requests; finishing deliveries in flight")

@@ -18,6 +18,7 @@ from relay.inbound import CompiledSource
 from relay.ordering import OrderKeys
 from relay.router import Router, compile_routes
 from relay.sources import SENDERS, build_verifier
+from relay.store.url import parse_store_url
 from relay.targets import plan_target
 from relay.targets.base import TargetPlan
 
@@ -34,7 +35,7 @@ class CompiledConfig:
     def summary(self) -> str:
         return (
             f"{len(self.sources)} sources, {len(self.targets)} targets, "
-            f"{len(self.config.routes)} routes, store {self.config.store}"
+            f"{len(self.config.routes)} routes, store {parse_store_url(self.config.store).shown}"
         )
 
 

@@ -2,8 +2,9 @@
 
 Two replicas started at once on an empty schema; events posted across both, one SIGKILLed
 mid-way and restarted (every acknowledged event delivered; sent twice only what the killed
-one had in flight); dedup across replicas; one send rate for a target across replicas; a
-replica woken by another's NOTIFY rather than by its poll.
+one had in flight); both replicas' connections terminated mid-stream; dedup across
+replicas; one send rate for a target across replicas; a replica woken by another's NOTIFY
+rather than by its poll.
 """
 
 from __future__ import annotations
@@ -114,6 +115,47 @@ async def test_a_replica_killed_mid_way_loses_no_acknowledged_event(
     twice = {event_id for event_id, count in sent.items() if count > 1}
     assert len(twice) <= CONCURRENCY, f"sent twice: {sorted(twice)}"
     assert set(sent) - acked <= {f"c-{i}" for i in range(150)}  # cut off by the kill
+
+
+@pytest.mark.slow
+async def test_connections_terminated_mid_stream_lose_no_acknowledged_event(
+    replicas: MakeReplica, receiver: Receiver, pg: Postgres
+) -> None:
+    """Both replicas' backends are terminated again and again while events are posted across
+    them; a sender posts each event until it is acknowledged (a 503 is retried, a 200 says a
+    lost answer's commit went through). Every event is delivered, each claimed one whose
+    answer or result was lost once its lease runs out."""
+    first, second = replicas(receiver.url, "first"), replicas(receiver.url, "second")
+    await start_together(first, second)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def sender(replica: RelayProcess, prefix: str) -> None:
+            for i in range(60):
+                for _ in range(200):  # bounded: a 503 is retried a while, then it fails
+                    status = await post_event(session, replica, f"{prefix}-{i}")
+                    if status in (200, 202):
+                        break
+                    assert status == 503, status
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"{prefix}-{i} never acknowledged")
+
+        async def terminator() -> int:
+            ended = 0
+            for _ in range(6):
+                ended += await pg.terminate_relay_backends()
+                await asyncio.sleep(0.1)
+            return ended
+
+        *_, ended = await asyncio.gather(sender(first, "a"), sender(second, "b"), terminator())
+    assert ended > 0
+    posted = {f"{prefix}-{i}" for prefix in "ab" for i in range(60)}
+    await wait_until(
+        lambda: set(event_ids(receiver)) >= posted,
+        90,
+        lambda: f"{len(posted - set(event_ids(receiver)))} not delivered" + outputs(first, second),
+    )
+    assert set(event_ids(receiver)) == posted
 
 
 async def test_an_event_posted_to_both_replicas_is_delivered_once(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli import main
 from relay.store.sqlite import SqliteStore
 from relay.store.url import PostgresUrl, SqliteUrl, parse_store_url
 
@@ -86,3 +87,14 @@ def test_a_postgresql_url_keeps_the_drivers_options_and_takes_out_relays_own() -
     default = parse_store_url("postgres://relay@db/relay")
     assert isinstance(default, PostgresUrl)
     assert default.schema == "public"
+
+
+def test_relay_check_shows_the_store_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "relay.yaml"
+    config.write_text('store: "postgresql://relay:pl41n-pw@db:5432/relay"\n', encoding="utf-8")
+    assert main(["check", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "store postgresql://relay:***@db:5432/relay" in out
+    assert "pl41n-pw" not in out

@@ -1,22 +1,25 @@
-"""Ingest into the PostgreSQL store: the events of one group commit in one statement.
+"""Ingest into the PostgreSQL store: group commit, the events of a group in one statement.
 
-A statement per event costs a round trip to the server each, and a group holds as many events
-as arrived while the previous commit ran: under load, round trips in a row, not the commit,
-would bound ingest. So the events of a group without ordering keys go in one statement (one
-round trip, arrays of every column), with their deliveries and one NOTIFY per target. An event
-with ordering keys goes alone, in order, since whether its delivery waits behind an older one
-of its key depends on what the statements before it stored.
+One group is in flight at a time; events arriving meanwhile form the next one, so under load
+a group grows with the time a commit takes. A statement per event would cost a round trip to
+the server each, and an explicit transaction two more (BEGIN, COMMIT): on a busy machine each
+round trip waits for the server process to be scheduled. So the events of a group without
+ordering keys go in one statement that commits on its own (arrays of every column), with their
+deliveries and one NOTIFY per target: one round trip, one flush to disk. An event with
+ordering keys goes alone, in its place, since whether its delivery waits behind an older one
+of its key depends on what was stored before it.
 
-Should the group's statement fail for something one event holds (a value the server refuses),
-each event is tried alone, each in a savepoint, so it fails alone.
+Should a group's statement fail for something one event holds (a value the server refuses),
+nothing of it is stored and each event is tried alone, so it fails alone. A lost connection
+fails every event of the group not yet stored: each gets a StoreError (ingest answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import asyncpg
@@ -25,7 +28,7 @@ from relay import jsoncodec
 from relay.errors import StoreError
 from relay.events import Event
 from relay.store.base import HELD_AT, IngestResult
-from relay.store.pg_writes import PgGroupCommit, is_connection_loss
+from relay.store.pg_writes import is_connection_loss
 
 # One event: stored, its deliveries (a keyed one held while another of its target and key is
 # pending) and a notification per target; no row at all if its (source, id) is stored.
@@ -49,8 +52,8 @@ SELECT e.pk, (SELECT count(*) FROM (SELECT pg_notify($13::text, target) FROM d) 
 INGEST_MANY = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::bytea[],
-        $6::text[], $7::text[], $8::float8[]) WITH ORDINALITY
-        AS i (source, event_id, type, received_at, body, headers, data_key, created_at, n)
+        $6::text[], $7::text[], $8::float8[], $9::float8[]) WITH ORDINALITY
+        AS i (source, event_id, type, received_at, body, headers, data_key, created_at, now, n)
 ), first AS (
     SELECT DISTINCT ON (source, event_id) * FROM input ORDER BY source, event_id, n
 ), e AS (
@@ -60,10 +63,10 @@ WITH input AS (
     ON CONFLICT (source, event_id) DO NOTHING
     RETURNING pk, source, event_id
 ), stored AS (
-    SELECT e.pk, f.n FROM e JOIN first f USING (source, event_id)
+    SELECT e.pk, f.n, f.now FROM e JOIN first f USING (source, event_id)
 ), d AS (
     INSERT INTO deliveries (event_pk, target, state, next_attempt_at, updated_at)
-    SELECT s.pk, t.target, 'pending', $9, $9
+    SELECT s.pk, t.target, 'pending', s.now, s.now
     FROM stored s JOIN unnest($10::bigint[], $11::text[]) AS t (n, target) ON t.n = s.n
     ORDER BY s.pk
     RETURNING target
@@ -80,66 +83,104 @@ class Pending:
     event: Event
     headers: str  # as stored
     targets: Sequence[str]
+    keys: Mapping[str, str] | None
+    now: float
     answer: asyncio.Future[IngestResult]
+
+    def answer_with(self, result: IngestResult | StoreError) -> None:
+        if self.answer.done():  # its request went away meanwhile
+            return
+        if isinstance(result, StoreError):
+            self.answer.set_exception(result)
+        else:
+            self.answer.set_result(result)
 
 
 Describe = Callable[[BaseException], StoreError]
+Acquire = Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 class Ingester:
-    def __init__(self, writes: PgGroupCommit, channel: str, describe: Describe) -> None:
-        self._writes = writes
+    def __init__(self, acquire: Acquire, channel: str, describe: Describe) -> None:
+        self._acquire = acquire
         self._channel = channel
         self._describe = describe
-        # The group still taking events, and the answer of its transaction.
-        self._open: tuple[list[Pending], asyncio.Future[Any]] | None = None
+        self._queue: list[Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0
 
     def ingest(
         self, event: Event, targets: Sequence[str], keys: Mapping[str, str] | None, now: float
     ) -> asyncio.Future[IngestResult]:
-        """Queue the event; the future answers once its group committed (StoreError if not)."""
-        headers = jsoncodec.dumps_compact(dict(event.headers))
-        if keys:
-            params = _one_params(event, headers, targets, keys, now, self._channel)
-            return self._writes.submit(partial(_insert_one, params=params, targets=targets))
+        """Queue the event; the future answers once it is committed (StoreError if not)."""
         answer: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        if self._open is None or self._open[1].done():  # done: it failed before it ran
-            group: list[Pending] = []
-            done = self._writes.submit(partial(self._insert_group, group=group, now=now))
-            done.add_done_callback(partial(_answer_group, group=group, describe=self._describe))
-            self._open = (group, done)
-        self._open[0].append(Pending(event, headers, targets, answer))
+        headers = jsoncodec.dumps_compact(dict(event.headers))
+        self._queue.append(Pending(event, headers, targets, keys or None, now, answer))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_all(), name="postgres-ingest")
         return answer
 
-    async def _insert_group(
-        self, conn: asyncpg.Connection, group: list[Pending], now: float
-    ) -> list[IngestResult | StoreError]:
-        if self._open is not None and self._open[0] is group:
-            self._open = None  # events from now on go in the next group
+    async def _flush_all(self) -> None:
         try:
-            async with conn.transaction():  # a savepoint: the one-by-one path may follow
-                return await _insert_many(conn, group, now, self._channel)
+            await asyncio.sleep(0)  # events posted in this loop turn join the first group
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    async with self._acquire() as conn:
+                        for run in _runs(group):
+                            await self._store(conn, run)
+                except Exception as exc:  # the connection: whatever is not stored yet fails
+                    error = self._describe(exc)
+                    for pending in group:
+                        pending.answer_with(error)
+        finally:
+            self._flusher = None
+            for pending in self._queue:  # cancelled meanwhile (close)
+                pending.answer_with(StoreError("the store closed before the event was stored"))
+            self._queue = []
+
+    async def _store(self, conn: asyncpg.Connection, run: Sequence[Pending]) -> None:
+        """Store a run of events in one statement, or each alone if that fails."""
+        try:
+            if run[0].keys:
+                results: Sequence[IngestResult | StoreError] = [
+                    await _insert_one(conn, run[0], self._channel)
+                ]
+            else:
+                results = await _insert_many(conn, run, self._channel)
         except Exception as exc:
             if is_connection_loss(exc):
                 raise
-        results: list[IngestResult | StoreError] = []
-        for pending in group:  # one bad event must not fail the others
-            params = _one_params(
-                pending.event, pending.headers, pending.targets, {}, now, self._channel
-            )
-            try:
-                async with conn.transaction():
-                    results.append(await _insert_one(conn, params, pending.targets))
-            except Exception as exc:
-                if is_connection_loss(exc):
-                    raise
-                results.append(self._describe(exc))
-        return results
+            if len(run) == 1:
+                run[0].answer_with(self._describe(exc))
+                return
+            for pending in run:  # one bad event must not fail the others
+                await self._store(conn, [pending])
+            return
+        self.commits += 1
+        for pending, result in zip(run, results, strict=True):
+            pending.answer_with(result)
+
+    async def close(self) -> None:
+        """Wait until every event queued so far has its answer."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def _runs(group: Sequence[Pending]) -> list[list[Pending]]:
+    """The group in order, as runs of events without keys and events with keys alone."""
+    runs: list[list[Pending]] = []
+    for pending in group:
+        if pending.keys or not runs or runs[-1][0].keys:
+            runs.append([pending])
+        else:
+            runs[-1].append(pending)
+    return runs
 
 
 async def _insert_many(
-    conn: asyncpg.Connection, group: Sequence[Pending], now: float, channel: str
-) -> list[IngestResult | StoreError]:
+    conn: asyncpg.Connection, group: Sequence[Pending], channel: str
+) -> list[IngestResult]:
     events = [p.event for p in group]
     numbers: list[int] = []
     targets: list[str] = []
@@ -156,7 +197,7 @@ async def _insert_many(
         [p.headers for p in group],
         [e.data_key for e in events],
         [e.created_at for e in events],
-        now,
+        [p.now for p in group],
         numbers,
         targets,
         channel,
@@ -170,58 +211,28 @@ async def _insert_many(
     ]
 
 
-async def _insert_one(
-    conn: asyncpg.Connection, params: tuple[Any, ...], targets: Sequence[str]
-) -> IngestResult:
+async def _insert_one(conn: asyncpg.Connection, pending: Pending, channel: str) -> IngestResult:
+    params = _one_params(pending, channel)
     row = await conn.fetchrow(INGEST_ONE, *params)
     if row is None:
         return IngestResult(duplicate=True, deliveries=0)
-    return IngestResult(duplicate=False, deliveries=len(targets))
+    return IngestResult(duplicate=False, deliveries=len(pending.targets))
 
 
-def _one_params(
-    event: Event,
-    headers: str,
-    targets: Sequence[str],
-    keys: Mapping[str, str],
-    now: float,
-    channel: str,
-) -> tuple[Any, ...]:
+def _one_params(pending: Pending, channel: str) -> tuple[Any, ...]:
+    event, keys = pending.event, pending.keys or {}
     return (
         event.source,
         event.id,
         event.type,
         event.received_at,
         event.body,
-        headers,
+        pending.headers,
         event.data_key,
         event.created_at,
-        list(targets),
-        now,
+        list(pending.targets),
+        pending.now,
         HELD_AT,
-        [keys.get(t) for t in targets],
+        [keys.get(t) for t in pending.targets],
         channel,
     )
-
-
-def _answer_group(
-    done: asyncio.Future[list[IngestResult | StoreError]],
-    group: list[Pending],
-    describe: Describe,
-) -> None:
-    """Give each event of the group its answer once the group's transaction is over."""
-    if done.cancelled():
-        error: BaseException | None = StoreError("the store closed before the event was stored")
-    else:
-        error = done.exception()
-    for index, pending in enumerate(group):
-        if pending.answer.done():
-            continue
-        if error is not None:
-            pending.answer.set_exception(describe(error))
-            continue
-        result = done.result()[index]
-        if isinstance(result, StoreError):
-            pending.answer.set_exception(result)
-        else:
-            pending.answer.set_result(result)

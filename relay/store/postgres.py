@@ -2,9 +2,10 @@
 
 Same semantics as the SQLite store (relay/store/base.py), shared by every replica:
 
-- ingest commits in groups (pg_writes.py); an event is one statement that inserts it (nothing
-  when its (source, id) is stored: `ON CONFLICT DO NOTHING`, whichever replica stored it),
-  its deliveries, and a NOTIFY per target that other replicas' workers wake on (pg_listen.py);
+- ingest commits in groups (pg_ingest.py), a group's events in one statement that inserts
+  them (nothing for one whose (source, id) is stored: `ON CONFLICT DO NOTHING`, whichever
+  replica stored it), their deliveries, and a NOTIFY per target that every replica's workers
+  wake on (pg_listen.py); the other writes share group commits of their own (pg_writes.py);
 - a claim leases with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same delivery;
   a lease is never released at start-up (another replica may hold it): a replica that dies
   leaves its leases to run out, and then any replica claims those deliveries again;
@@ -97,6 +98,22 @@ SELECT c.id, c.attempts, c.first_attempt_at, c.order_key, e.pk, e.source, e.even
     e.received_at, e.body, e.headers, e.data_key, e.created_at
 FROM c JOIN events e ON e.pk = c.event_pk ORDER BY c.id
 """
+# Attempts' results, and each in the history, in one statement.
+RECORD = """
+WITH r AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::int[], $5::text[])
+        AS r (id, state, next_at, status, error)
+), u AS (
+    UPDATE deliveries d SET state = r.state,
+        next_attempt_at = COALESCE(r.next_at, d.next_attempt_at), last_status = r.status,
+        last_error = r.error, lease_until = 0, updated_at = $6
+    FROM r WHERE d.id = r.id
+)
+INSERT INTO attempts (delivery_id, number, started_at, duration_s, result, status, error,
+    response, retry_after)
+SELECT * FROM unnest($1::bigint[], $7::int[], $8::float8[], $9::float8[], $10::text[],
+    $4::int[], $5::text[], $11::text[], $12::text[])
+"""
 # A delivery with a key is settled: the oldest pending one of its key is due now, if held.
 RELEASE_NEXT = (
     "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1"
@@ -133,14 +150,14 @@ class PostgresStore:
         self._writes = PgGroupCommit(self._acquire, self._error)
         self._results = PgGroupCommit(self._acquire_relaxed, self._error)
         self.channel = channel_name(url.schema)
-        self._ingester = Ingester(self._writes, self.channel, self._error)
+        self._ingester = Ingester(self._acquire, self.channel, self._error)
         self._listener: Listener | None = None
         self._walk = Walk()
 
     @property
     def commits(self) -> int:
         """Group commits so far: fewer than writes under concurrency."""
-        return self._writes.commits + self._results.commits
+        return self._ingester.commits + self._writes.commits + self._results.commits
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,11 +176,12 @@ class PostgresStore:
         together wait for each other); a daemon also listens for other replicas' events."""
         try:
             self._pool = await asyncpg.create_pool(
-                min_size=1, max_size=self._pool_size, **self.connect_options()
+                min_size=1, max_size=self._pool_size, reset=_keep, **self.connect_options()
             )
             self._relaxed_pool = await asyncpg.create_pool(
                 min_size=1,
                 max_size=self._pool_size,
+                reset=_keep,
                 **self.connect_options(synchronous_commit="off"),
             )
         except Exception as exc:
@@ -178,11 +196,11 @@ class PostgresStore:
             raise
         if steps:
             log.info(
-                "store %s: schema %s migrated to version %d (%d steps)",
+                "store %s: schema %s migrated from version %d to %d",
                 self.url.shown,
                 self.url.schema,
+                len(MIGRATIONS) - steps,
                 len(MIGRATIONS),
-                steps,
             )
         if daemon:
             self._listener = Listener(self.connect_options(), self.channel)
@@ -211,6 +229,7 @@ class PostgresStore:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        await self._ingester.close()
         await self._writes.close()
         await self._results.close()
         await self._close_pools()
@@ -321,41 +340,27 @@ class PostgresStore:
 
     async def record(self, results: Sequence[AttemptResult]) -> None:
         now = self._clock()
-        rows = [
-            (r.state, r.next_attempt_at, r.status, r.error, now, r.delivery_id) for r in results
-        ]
-        attempts = [
-            (
-                r.delivery_id,
-                r.attempt,
-                now if r.started_at is None else r.started_at,
-                r.duration_s,
-                ATTEMPT_OUTCOMES[r.state],
-                r.status,
-                r.error,
-                r.response,
-                r.retry_after,
-            )
-            for r in results
-        ]
+        columns = (
+            [r.delivery_id for r in results],
+            [r.state for r in results],
+            [r.next_attempt_at for r in results],
+            [r.status for r in results],
+            [r.error for r in results],
+            now,
+            [r.attempt for r in results],
+            [now if r.started_at is None else r.started_at for r in results],
+            [r.duration_s for r in results],
+            [ATTEMPT_OUTCOMES[r.state] for r in results],
+            [r.response for r in results],
+            [r.retry_after for r in results],
+        )
         settled_keyed = [
             (now, HELD_AT, r.delivery_id) for r in results if r.keyed and r.state != "pending"
         ]
 
         async def update(conn: asyncpg.Connection) -> None:
-            await conn.executemany(
-                "UPDATE deliveries SET state = $1, next_attempt_at = COALESCE($2, next_attempt_at),"
-                " last_status = $3, last_error = $4, lease_until = 0, updated_at = $5"
-                " WHERE id = $6",
-                rows,
-            )
-            await conn.executemany(
-                "INSERT INTO attempts (delivery_id, number, started_at, duration_s, result,"
-                " status, error, response, retry_after)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                attempts,
-            )
-            if settled_keyed:
+            await conn.execute(RECORD, *columns)
+            if settled_keyed:  # after the update, which the release must see
                 await conn.executemany(RELEASE_NEXT, settled_keyed)
 
         await self._results.submit(update)
@@ -519,6 +524,12 @@ class PostgresStore:
             await asyncio.sleep((time.perf_counter() - started) * PURGE_REST_RATIO)
         self._walk = walk
         return purged
+
+
+async def _keep(conn: asyncpg.Connection) -> None:
+    """A connection given back to a pool is kept as it is: relay leaves no session state
+    behind (an open transaction is still rolled back), so the round trip of asyncpg's reset
+    query (UNLISTEN *, RESET ALL ...) on every release is saved."""
 
 
 def _describe(exc: BaseException) -> str:
