@@ -323,3 +323,16 @@ async def test_delivered_since_counts_each_targets_deliveries_settled_since(
     assert await store.delivered_since(clock.now - 30) == {"a": 2, "b": 1}
     assert await store.delivered_since(clock.now - 90) == {"a": 3, "b": 1}
     assert await store.delivered_since(clock.now + 1) == {}
+
+
+def test_none_is_bound_as_null_by_the_stores_adapter() -> None:
+    """The SQLite store registers an adapter for None (Python's sqlite3 otherwise raises and
+    formats an exception per None on its way to binding it): the value bound stays NULL."""
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        row = db.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone()
+        db.execute("CREATE TABLE t (a, b)")
+        db.executemany("INSERT INTO t VALUES (?, ?)", [(None, 1), (2, None)])
+        nulls = db.execute("SELECT COUNT(*) FROM t WHERE a IS NULL OR b IS NULL").fetchone()
+    assert row == (1, "null")
+    assert nulls == (2,)

@@ -20,8 +20,12 @@ from relay.events import Event
 from relay.fields import Model
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventIdentity:
+    """What a source reads from a request: one per request, so not frozen (a frozen
+    dataclass's __init__ sets each field through object.__setattr__), though nothing changes
+    one."""
+
     id: str
     type: str
     data_key: str | None  # the payload key holding the sender's data, None for the whole payload

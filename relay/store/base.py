@@ -30,8 +30,10 @@ def is_held(next_attempt_at: float) -> bool:
     return next_attempt_at >= HELD_AT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IngestResult:
+    """One per request: not frozen (as EventIdentity), though nothing changes one."""
+
     duplicate: bool
     deliveries: int
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from relay import jsoncodec
 from relay.events import Event
 from relay.store.base import AttemptOutcome, DeliveryState
@@ -30,7 +32,17 @@ def event_from_row(row: Sequence[Any]) -> Event:
         received_at=received_at,
         body=body,
         payload=jsoncodec.loads(body),
-        headers=json.loads(headers),
+        headers=headers_from_text(headers),
         data_key=data_key,
         created_at=created_at,
     )
+
+
+def headers_from_text(text: str) -> Any:
+    """An event's headers as ingest stored them (a JSON object of strings): orjson reads them
+    in a fifth of `json`'s time, on every claim; `json` reads what orjson refuses (a lone
+    surrogate)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)

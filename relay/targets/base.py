@@ -17,9 +17,11 @@ from relay.retry import RetryPolicy
 from relay.textsafety import encode_utf8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutboundRequest:
-    """Exactly what a target would send for one delivery."""
+    """Exactly what a target would send for one delivery. One per attempt: not frozen (a
+    frozen dataclass's __init__ sets each field through object.__setattr__), though nothing
+    changes one."""
 
     method: str
     url: str

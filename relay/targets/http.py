@@ -124,10 +124,10 @@ class HttpRequestBuilder:
         path = self._path if isinstance(self._path, str) else self._path.render(context)
         headers = {name: value.render(context) for name, value in self._headers.items()}
         body = self._body.render(delivery.event, context)
-        content_type = _get(headers, "content-type")
+        content_type = _get(headers, "content-type") if headers else None
         if content_type is None:
             headers["Content-Type"] = content_type = "application/json"
-        if is_json_content_type(content_type) and self._body.template is not None:
+        if self._body.template is not None and is_json_content_type(content_type):
             check_json(body, self._body.template.name)
         if self._check_body is not None:
             body = self._check_body(body)
@@ -213,7 +213,7 @@ class HttpTarget:
                 retry_after = response.headers.get("Retry-After")
                 outcome = self._classify(response.status, text, retry_after, self._clock())
                 took_s = time.perf_counter() - started
-                return replace(outcome, duration_s=took_s, response=text, retry_after=retry_after)
+                return with_exchange(outcome, took_s, text, retry_after)
         except TimeoutError:
             took_s = time.perf_counter() - started
             return Retry(f"timed out after {self._timeout_s:g}s", duration_s=took_s)
@@ -225,13 +225,25 @@ class HttpTarget:
         return None
 
 
+def with_exchange(
+    outcome: Outcome, duration_s: float, response: str, retry_after: str | None
+) -> Outcome:
+    """`outcome` with what the history keeps of the exchange. A delivery, the common case, is
+    built directly: `dataclasses.replace` reads the fields' definitions on every call."""
+    if type(outcome) is Delivered:
+        return Delivered(outcome.status, duration_s, response, retry_after)
+    return replace(outcome, duration_s=duration_s, response=response, retry_after=retry_after)
+
+
 def classify_http(
     status: int, text: str, retry_after: str | None, now: float, on_gone: OnGone = "pause"
 ) -> Outcome:
     """The generic rule, with the start of the answer in the reason a person reads."""
     outcome = classify_status(status, retry_after, now)
+    if isinstance(outcome, Delivered):
+        return outcome
     snippet = " ".join(text.split())[:ERROR_SNIPPET_CHARS]
-    if snippet and not isinstance(outcome, Delivered):
+    if snippet:
         outcome = replace(outcome, reason=f"{outcome.reason}: {snippet}")
     return gone_as(outcome, on_gone)
 
