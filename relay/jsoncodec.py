@@ -39,8 +39,11 @@ def loads(data: bytes) -> Any:
 
 
 def may_exceed_64_bits(data: bytes) -> bool:
-    """Whether `data` holds a run of 19 ASCII digits (what an integer beyond 64 bits needs)."""
-    return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZEROS)
+    """Whether `data` holds a run of 19 ASCII digits (what an integer beyond 64 bits needs).
+
+    `find`, not `in`: bytes' `in` first tries its operand as an int, raising and discarding a
+    TypeError on every call (0.3 us here, on every ingest and every claimed event)."""
+    return data.translate(_DIGITS_AS_ZEROS).find(_NINETEEN_DIGITS) >= 0
 
 
 def _exact(data: bytes) -> Any:
