@@ -17,16 +17,20 @@ from typing import Any
 import asyncpg
 
 from relay.store.base import (
-    AttemptRecord,
     DeliveryDetail,
     DeliveryFilter,
     DeliveryRecord,
     DeliveryState,
-    StoredEvent,
     TargetStatus,
 )
 from relay.store.sqlite_targets import assemble_statuses
-from relay.store.views import has_magic, stored_headers, type_matcher
+from relay.store.views import (
+    ATTEMPTS_OF_DELIVERY,
+    DETAIL_COLUMNS,
+    assemble_detail,
+    has_magic,
+    type_matcher,
+)
 
 COLUMNS = (
     "d.id, e.source, e.event_id, e.type, d.target, d.state, d.attempts, d.next_attempt_at,"
@@ -101,30 +105,12 @@ async def list_deliveries(
 
 async def delivery_detail(conn: asyncpg.Connection, delivery_id: int) -> DeliveryDetail | None:
     row = await conn.fetchrow(
-        f"SELECT {COLUMNS}, e.created_at, e.headers, e.body, e.data_key FROM {FROM}"
-        " WHERE d.id = $1",
-        delivery_id,
+        f"SELECT {COLUMNS}, {DETAIL_COLUMNS} FROM {FROM} WHERE d.id = $1", delivery_id
     )
     if row is None:
         return None
-    *listed, created_at, headers, body, data_key = tuple(row)
-    record = DeliveryRecord(*listed)
-    event = StoredEvent(
-        record.source,
-        record.event_id,
-        record.event_type,
-        record.received_at,
-        created_at,
-        stored_headers(headers),
-        bytes(body),
-        data_key,
-    )
-    attempts = await conn.fetch(
-        "SELECT number, started_at, duration_s, result, status, error, response, retry_after"
-        " FROM attempts WHERE delivery_id = $1 ORDER BY id",
-        delivery_id,
-    )
-    return DeliveryDetail(record, event, [AttemptRecord(*attempt) for attempt in attempts])
+    attempts = await conn.fetch(ATTEMPTS_OF_DELIVERY, delivery_id)
+    return assemble_detail(tuple(row), [tuple(attempt) for attempt in attempts])
 
 
 async def target_statuses(conn: asyncpg.Connection) -> list[TargetStatus]:

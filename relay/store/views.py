@@ -29,7 +29,7 @@ import functools
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from relay.store.base import (
@@ -286,13 +286,27 @@ def _next_kind(
 
 def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail | None:
     row = db.execute(
-        f"SELECT {_COLUMNS}, e.created_at, e.headers, e.body, e.data_key FROM {_BY_DELIVERY}"
-        " WHERE d.id = ?",
-        (delivery_id,),
+        f"SELECT {_COLUMNS}, {DETAIL_COLUMNS} FROM {_BY_DELIVERY} WHERE d.id = ?", (delivery_id,)
     ).fetchone()
     if row is None:
         return None
-    *listed, created_at, headers, body, data_key = row
+    attempts = db.execute(ATTEMPTS_OF_DELIVERY.replace("$1", "?"), (delivery_id,)).fetchall()
+    return assemble_detail(row, attempts)
+
+
+# What a delivery's detail reads beside its listed columns, and its attempts, oldest first (a
+# PostgreSQL parameter; SQLite's `?` is put in its place): the same in both stores.
+DETAIL_COLUMNS = "e.created_at, e.headers, e.body, e.data_key"
+ATTEMPTS_OF_DELIVERY = (
+    "SELECT number, started_at, duration_s, result, status, error, response, retry_after"
+    " FROM attempts WHERE delivery_id = $1 ORDER BY id"
+)
+
+
+def assemble_detail(row: Sequence[Any], attempts: Iterable[Sequence[Any]]) -> DeliveryDetail:
+    """A delivery's detail from its row (the listed columns, then DETAIL_COLUMNS) and the rows
+    of ATTEMPTS_OF_DELIVERY."""
+    *listed, created_at, headers, body, data_key = tuple(row)
     record = DeliveryRecord(*listed)
     event = StoredEvent(
         record.source,
@@ -304,11 +318,6 @@ def delivery_detail(db: sqlite3.Connection, delivery_id: int) -> DeliveryDetail 
         bytes(body),
         data_key,
     )
-    attempts = db.execute(
-        "SELECT number, started_at, duration_s, result, status, error, response, retry_after"
-        " FROM attempts WHERE delivery_id = ? ORDER BY id",
-        (delivery_id,),
-    ).fetchall()
     return DeliveryDetail(record, event, [AttemptRecord(*attempt) for attempt in attempts])
 
 
