@@ -11,13 +11,13 @@ store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from relay.background import cancel_and_wait
 from relay.errors import StoreError
 from relay.store.base import Store, TargetActivity, TargetStatus
 
@@ -65,11 +65,8 @@ class TargetGauges:
             await asyncio.sleep(self._interval_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     def describe(self) -> Iterator[Metric]:
         """The names, so that the registry refuses another metric of the same name."""

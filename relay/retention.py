@@ -8,9 +8,9 @@ A pass deletes in small batches between ingests, so it never holds up a request 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from relay.background import cancel_and_wait
 from relay.config import RetentionConfig
 from relay.durations import format_duration_s
 from relay.errors import StoreError
@@ -68,8 +68,5 @@ class Purger:
         return purged
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -11,12 +11,12 @@ WAL would never restart and would grow without limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
 from pathlib import Path
 
+from relay.background import cancel_and_wait
 from relay.store.health import StoreHealth, is_corruption
 
 log = logging.getLogger("relay.store")
@@ -56,11 +56,8 @@ class Checkpointer:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if not self._health.failed:  # a lost or corrupt file is left as it is
             try:
                 await asyncio.to_thread(self.checkpoint)

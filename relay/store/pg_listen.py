@@ -9,12 +9,13 @@ fallback for whatever a lost listening connection missed, and the connection is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
+
+from relay.background import cancel_and_wait
 
 log = logging.getLogger("relay.store")
 
@@ -81,11 +82,8 @@ class Listener:
             wake((payload,))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
