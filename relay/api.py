@@ -27,13 +27,14 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from relay.app import Daemon
 from relay.errors import InboundError, StoreError
 from relay.fields import Model
 from relay.inbound import error_response
+from relay.textsafety import unprintable_problem
 
 log = logging.getLogger("relay.admin")
 
@@ -43,7 +44,18 @@ MAX_NAME_CHARS = 64  # of a parameter name quoted back in an error
 
 class Params(Model):
     """An endpoint's parameters (closed: none unless a subclass declares them); path and
-    query values arrive as strings and are converted to the declared types."""
+    query values arrive as strings and are converted to the declared types.
+
+    Every value must be printable text: values reach filters, the store (PostgreSQL's text
+    cannot hold NUL) and pages, and a control character in one is never meant."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _printable(cls, value: object) -> object:
+        problem = unprintable_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 P = TypeVar("P", bound=Params)

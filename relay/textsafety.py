@@ -50,13 +50,16 @@ def identifier_problem(what: str, value: str) -> str | None:
             f"event {what} is {len(value)} characters long;"
             f" at most {MAX_IDENTIFIER_CHARS} are allowed"
         )
+    problem = unprintable_problem(value)
+    return None if problem is None else f"event {what} {problem}"
+
+
+def unprintable_problem(value: str) -> str | None:
+    """Where `value` holds its first character that is not printable text, or None."""
     if value.isprintable():
         return None
     position, char = next((i, c) for i, c in enumerate(value) if not c.isprintable())
-    return (
-        f"event {what} holds {describe_char(char)} at position {position};"
-        " only printable text is allowed"
-    )
+    return f"holds {describe_char(char)} at position {position}; only printable text is allowed"
 
 
 def header_value_problem(value: str) -> str | None:

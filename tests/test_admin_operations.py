@@ -83,3 +83,31 @@ async def test_an_unknown_target_is_404(relay: Relay) -> None:
         404,
         {"error": "no target named 'nope'"},
     )
+
+
+async def test_a_control_character_in_any_parameter_is_refused_and_nothing_changes(
+    relay: Relay,
+) -> None:
+    """Values reach the store (PostgreSQL's text cannot hold NUL), filters and pages."""
+    paused = await answer(
+        await relay.admin.post("/api/targets/out/pause?reason=a%00b", headers=BEARER)
+    )
+    assert paused == (
+        400,
+        {
+            "error": "parameter reason: Value error, holds U+0000 at position 1;"
+            " only printable text is allowed"
+        },
+    )
+    _, targets = await answer(await relay.admin.get("/api/targets", headers=BEARER))
+    assert [t["state"] for t in targets["targets"]] == ["active"]
+    listed = await answer(
+        await relay.admin.get("/api/deliveries?event=e%0A1&target=out", headers=BEARER)
+    )
+    assert listed == (
+        400,
+        {
+            "error": "parameter event: Value error, holds U+000A at position 1;"
+            " only printable text is allowed"
+        },
+    )
