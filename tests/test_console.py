@@ -17,7 +17,7 @@ from markupsafe import escape
 from relay import replaying
 from relay.console import pages
 from relay.console.headers import CONTENT_SECURITY_POLICY
-from relay.console.session import SESSION_COOKIE
+from relay.console.session import SESSION_COOKIE, SIGN_IN_FAILURES, SIGN_IN_WINDOW_S
 from relay.errors import StoreError
 from tests.conftest import ConfigWriter, Relay, StartRelay
 from tests.console_helpers import (
@@ -471,3 +471,35 @@ async def test_without_a_token_there_is_no_sign_in(
         await relay.admin.post("/sign-in", data={"token": "x"}, allow_redirects=False),
     ):
         assert (response.status, response.headers["Location"]) == (303, "/")
+
+
+async def test_a_browser_asking_for_an_unknown_page_gets_a_page_an_api_client_json(
+    signed_in: Relay,
+) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    response = await signed_in.admin.get("/nope/<b>x</b>", headers=browser)
+    assert response.status == 404
+    assert response.content_type == "text/html"
+    text = await response.text()
+    assert "There is no page at /nope/&lt;b&gt;x&lt;/b&gt;." in text
+    assert "<b>x</b>" not in text
+    assert 'href="/"' in text
+    plain = await signed_in.admin.get("/nope")
+    assert plain.status == 404
+    assert await plain.json() == {"error": "nothing at /nope (see README, Admin listener)"}
+    missing_asset = await signed_in.admin.get("/static/nope.css", headers=browser)
+    assert missing_asset.status == 404
+    assert missing_asset.content_type == "application/json"
+    missing_api = await signed_in.admin.get("/api/nope", headers=browser)
+    assert missing_api.status == 401  # the API wants its bearer token, not a session
+    assert missing_api.content_type == "application/json"
+
+
+async def test_an_address_giving_wrong_tokens_again_and_again_is_held_back(relay: Relay) -> None:
+    for _ in range(SIGN_IN_FAILURES):
+        assert (await sign_in(relay, "a-guess-at-the-token")).status == 401
+    held = await sign_in(relay)  # even the right token, until the window ends
+    assert held.status == 429
+    assert 1 <= int(held.headers["Retry-After"]) <= SIGN_IN_WINDOW_S
+    assert "Too many wrong tokens from your address: try again in" in await held.text()
+    assert SESSION_COOKIE not in held.cookies

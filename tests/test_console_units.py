@@ -9,7 +9,11 @@ from pydantic import SecretStr
 from relay.console.forms import local_path
 from relay.console.session import (
     MAX_SESSIONS,
+    MAX_TRACKED_ADDRESSES,
     SESSION_TTL_S,
+    SIGN_IN_FAILURES,
+    SIGN_IN_WINDOW_S,
+    FailedSignIns,
     Sessions,
     csrf_refusal,
     same_origin,
@@ -56,6 +60,34 @@ def test_sessions_are_capped_oldest_first() -> None:
     cookies = [sessions.open(TOKEN)[0] for _ in range(MAX_SESSIONS)]
     assert sessions.find(first, TOKEN) is None
     assert sessions.find(cookies[-1], TOKEN) is not None
+
+
+def test_an_address_that_keeps_giving_wrong_tokens_waits_out_the_window() -> None:
+    clock = Clock()
+    failures = FailedSignIns(clock)
+    for _ in range(SIGN_IN_FAILURES - 1):
+        failures.failed("10.0.0.1")
+    assert failures.wait_s("10.0.0.1") == 0.0
+    clock.now += 10
+    failures.failed("10.0.0.1")
+    assert failures.wait_s("10.0.0.1") == SIGN_IN_WINDOW_S - 10
+    assert failures.wait_s("10.0.0.2") == 0.0  # another address is not held back
+    clock.now += SIGN_IN_WINDOW_S - 10
+    assert failures.wait_s("10.0.0.1") == 0.0
+    failures.failed("10.0.0.1")  # a new window: one failure in it
+    assert failures.wait_s("10.0.0.1") == 0.0
+
+
+def test_a_right_token_clears_an_address_and_tracking_is_bounded() -> None:
+    failures = FailedSignIns(Clock())
+    for _ in range(SIGN_IN_FAILURES - 1):
+        failures.failed("10.0.0.1")
+    failures.succeeded("10.0.0.1")
+    failures.failed("10.0.0.1")
+    assert failures.wait_s("10.0.0.1") == 0.0
+    for n in range(MAX_TRACKED_ADDRESSES + 5):
+        failures.failed(f"addr-{n}")
+    assert len(failures) == MAX_TRACKED_ADDRESSES
 
 
 def test_cookies_and_csrf_tokens_are_random_and_distinct() -> None:

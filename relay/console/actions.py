@@ -5,6 +5,7 @@ session guard (`routes.Console.guard`) has checked the CSRF token and origin bef
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -53,10 +54,21 @@ async def sign_in(console: Console, request: web.Request) -> web.StreamResponse:
     if not same_origin(origin, referer, request.host):
         return console.error(request, 403, "This sign-in form was not sent from this console.")
     shown, next_path = text_of(form.get("token")), local_path(text_of(form.get("next")))
+    address = request.remote or ""
+    wait_s = console.failed_sign_ins.wait_s(address)
+    if wait_s > 0:
+        seconds = math.ceil(wait_s)
+        log.info("console: refused sign-in from %s: too many wrong tokens", address)
+        problem = f"Too many wrong tokens from your address: try again in {seconds} s."
+        response = console.page(request, "sign_in.html", 429, next=next_path, problem=problem)
+        response.headers[hdrs.RETRY_AFTER] = str(seconds)
+        return response
     if not token_matches(token, shown):
-        log.info("console: refused sign-in from %s: not the admin token", request.remote)
+        console.failed_sign_ins.failed(address)
+        log.info("console: refused sign-in from %s: not the admin token", address)
         context = {"next": next_path, "problem": "That is not the admin token."}
         return console.page(request, "sign_in.html", 401, **context)
+    console.failed_sign_ins.succeeded(address)
     cookie, _ = console.sessions.open(token)
     response = see_other(next_path)
     set_session_cookie(request, response, cookie)

@@ -19,7 +19,14 @@ from aiohttp.typedefs import Handler
 from relay.app import Daemon
 from relay.console import actions, pages
 from relay.console.forms import see_other, set_session_cookie, text_of
-from relay.console.session import CSRF_FIELD, SESSION_COOKIE, Session, Sessions, csrf_refusal
+from relay.console.session import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    FailedSignIns,
+    Session,
+    Sessions,
+    csrf_refusal,
+)
 from relay.console.templating import ASSETS, assets, environment, html
 from relay.console.views import query_string
 from relay.errors import InboundError, StoreError
@@ -61,6 +68,7 @@ class Console:
         self.clock = daemon.clock
         self.public_paths = public_paths  # the admin listener's probes: no session
         self.sessions = Sessions(self.clock)
+        self.failed_sign_ins = FailedSignIns(self.clock)
         self.env = environment()
         self.assets = assets()
 
@@ -102,7 +110,11 @@ class Console:
         except StoreError as exc:
             log.error("console %s %s: %s", request.method, request.path, exc)
             return self.error(request, 503, f"The store cannot answer right now: {exc}")
-        except web.HTTPException:  # the router's 404 and 405: the admin app answers them
+        except web.HTTPNotFound:
+            if not _is_page_request(request):
+                raise  # an API client's, a probe's or an asset's 404: the admin app's JSON
+            return self.error(request, 404, f"There is no page at {request.path}.")
+        except web.HTTPException:  # the router's 405 and the rest: the admin app answers them
             raise
         except Exception:  # a bug: a page saying so, logged once with its traceback
             log.exception("console %s %s: unexpected error", request.method, request.path)
@@ -158,4 +170,14 @@ async def _csrf_refusal(request: web.Request, session: Session) -> str | None:
         request.headers.get(hdrs.ORIGIN),
         request.headers.get(hdrs.REFERER),
         request.host,
+    )
+
+
+def _is_page_request(request: web.Request) -> bool:
+    """A browser navigating to a console path (it asks for text/html), not an API client, a
+    probe or an asset."""
+    return (
+        request.method == "GET"
+        and not request.path.startswith(OPEN_PREFIXES)
+        and "text/html" in request.headers.get(hdrs.ACCEPT, "")
     )

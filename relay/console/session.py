@@ -23,6 +23,9 @@ SESSION_COOKIE = "relay_console"
 CSRF_FIELD = "csrf"
 SESSION_TTL_S = 12 * 3600.0  # an operator signs in again after a shift
 MAX_SESSIONS = 1000  # past this, the oldest session ends first
+SIGN_IN_FAILURES = 10  # wrong tokens one address may try in a window
+SIGN_IN_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,43 @@ class Sessions:
     def _token_digest(self, token: SecretStr | None) -> bytes:
         text = b"" if token is None else token.get_secret_value().encode("utf-8", "replace")
         return hmac.new(self._key, text, hashlib.sha256).digest()
+
+
+class FailedSignIns:
+    """Wrong tokens per client address: after `SIGN_IN_FAILURES` within `SIGN_IN_WINDOW_S` of
+    the first, that address is refused until the window ends, so nobody can try tokens fast.
+    Memory stays bounded: past `MAX_TRACKED_ADDRESSES`, the address tracked longest goes."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._by_address: dict[str, tuple[float, int]] = {}  # first failure, failures since
+
+    def wait_s(self, address: str) -> float:
+        """How long `address` must wait before it may try a token; 0 when it may now."""
+        entry = self._by_address.get(address)
+        if entry is None:
+            return 0.0
+        first, failures = entry
+        left = first + SIGN_IN_WINDOW_S - self._clock()
+        if left <= 0:
+            del self._by_address[address]
+            return 0.0
+        return left if failures >= SIGN_IN_FAILURES else 0.0
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        first, failures = self._by_address.pop(address, (now, 0))
+        if first + SIGN_IN_WINDOW_S <= now:
+            first, failures = now, 0
+        if len(self._by_address) >= MAX_TRACKED_ADDRESSES:
+            del self._by_address[next(iter(self._by_address))]
+        self._by_address[address] = (first, failures + 1)
+
+    def succeeded(self, address: str) -> None:
+        self._by_address.pop(address, None)
+
+    def __len__(self) -> int:  # addresses tracked
+        return len(self._by_address)
 
 
 def _digest(cookie: str) -> bytes:
