@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from relay import logs
+from relay.addresses import parse_listen
 from relay.compiled import CompiledConfig, compile_config
 from relay.config import Config
 from relay.delivery import SHUTDOWN_GRACE_S, Dispatcher
@@ -40,6 +41,7 @@ from relay.retention import PURGE_INTERVAL_S, Purger, retention_policy
 from relay.server import DIRECT_ROUTE
 from relay.store import open_store
 from relay.store.base import Store
+from relay.store.pg_replica import replica_name
 from relay.targets.base import Resources, Target
 
 log = logging.getLogger("relay")
@@ -64,7 +66,9 @@ class Daemon:
     ) -> None:
         self.compiled = compiled
         self.config = compiled.config
-        self.store = open_store(self.config.store, clock)
+        self.store = open_store(
+            self.config.store, clock, replica_name(parse_listen(self.config.listen)[1])
+        )
         self.metrics = Metrics()
         self.target_gauges = TargetGauges(
             self.store, lambda: self.config.targets, clock, gauge_interval_s

@@ -85,7 +85,7 @@ async def test_a_replica_killed_mid_way_loses_no_acknowledged_event(
     """Posts alternate between two replicas started at once on an empty schema; one is
     SIGKILLed while both deliver, posting goes on to the other, the killed one restarts.
     Every acknowledged event is delivered; only what the killed one had claimed and not
-    recorded (at most its concurrency) may arrive twice, once its leases run out."""
+    recorded (at most its concurrency) may arrive twice, once it restarts and releases them."""
     first, second = replicas(receiver.url, "first"), replicas(receiver.url, "second")
     await start_together(first, second)
     acked: set[str] = set()
@@ -103,7 +103,7 @@ async def test_a_replica_killed_mid_way_loses_no_acknowledged_event(
         await first.kill()
         await killing
         assert len(acked) >= 400
-        first.start()  # its leases are not released: they run out (about 35 s)
+        first.start()  # same host and port: it releases the leases its killed run held
         await first.wait_ready()
         await asyncio.gather(post_to(first, "e", 50), post_to(second, "f", 50))
     await wait_until(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,6 +132,39 @@ async def test_a_lease_outlives_a_restart_and_then_any_replica_claims_the_delive
         assert await restarted.claim("a", 10, lease_s=30) == []
     finally:
         await restarted.close()
+
+
+async def test_a_replica_restarted_under_its_name_releases_its_own_leases_at_once(
+    url: PostgresUrl, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "relay.store")
+    first = PostgresStore(url, clock, replica="host-a:8080")
+    other = PostgresStore(url, clock, replica="host-b:8080")
+    await asyncio.gather(first.open(), other.open())
+    opened = [first, other]
+    try:
+        await first.ingest(event("e1"), ["a"])
+        await first.ingest(event("e2"), ["a"])
+        (mine,) = await first.claim("a", 1, lease_s=30)
+        (theirs,) = await other.claim("a", 1, lease_s=30)
+        twin = PostgresStore(url, clock, replica="host-a:8080")  # a live namesake: no release
+        opened.append(twin)
+        await twin.open()
+        assert await twin.claim("a", 10, lease_s=30) == []
+        assert "replica host-a:8080: another live relay uses this name" in caplog.text
+        await twin.close()
+        await first.close()  # as if it died holding its lease
+        restarted = PostgresStore(url, clock, replica="host-a:8080")
+        opened.append(restarted)
+        await restarted.open()
+        assert "replica host-a:8080: released 1 leases its previous run held" in caplog.text
+        (again,) = await restarted.claim("a", 10, lease_s=30)  # at once, not in 30 s
+        assert (again.event.id, again.attempt) == (mine.event.id, 2)
+        assert theirs.event.id != mine.event.id  # the other replica's lease still holds
+        assert await restarted.claim("a", 10, lease_s=30) == []
+    finally:
+        for store in opened:
+            await store.close()
 
 
 async def test_a_pause_made_on_one_replica_holds_on_the_other(

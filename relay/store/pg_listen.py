@@ -4,6 +4,7 @@ Ingest NOTIFYs the store's channel with each target it stored a delivery for, in
 transaction, so the notification goes out at commit and never before. Every replica listening
 wakes its worker for that target at once instead of at its next poll; the poll stays the
 fallback for whatever a lost listening connection missed, and the connection is opened again.
+The same connection holds the replica's name lock (pg_replica.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from relay.background import cancel_and_wait
+from relay.store.pg_replica import ReplicaLock
 
 log = logging.getLogger("relay.store")
 
@@ -29,9 +31,13 @@ def channel_name(schema: str) -> str:
 
 
 class Listener:
-    def __init__(self, connect_options: dict[str, Any], channel: str) -> None:
+    def __init__(
+        self, connect_options: dict[str, Any], channel: str, lock: ReplicaLock | None = None
+    ) -> None:
         self._options = connect_options
         self.channel = channel
+        self._lock = lock  # held on the listening connection, while it lasts
+        self.holds_replica_lock = False
         self.wake: WakeTargets | None = None
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
@@ -59,6 +65,13 @@ class Listener:
             log.warning("cannot listen for new events (%s): polling meanwhile", exc)
             conn.terminate()
             return False
+        if self._lock is not None:
+            try:
+                self.holds_replica_lock = await self._lock.take(conn)
+            except Exception as exc:
+                log.warning("cannot listen for new events (%s): polling meanwhile", exc)
+                conn.terminate()
+                return False
         if self._warned:
             log.info("listening for new events again")
             self._warned = False
@@ -74,6 +87,7 @@ class Listener:
             await self._listen()
 
     def _terminated(self, conn: Any) -> None:
+        self.holds_replica_lock = False  # the server let go of it with the session
         self._lost.set()
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: object) -> None:

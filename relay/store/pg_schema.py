@@ -79,6 +79,13 @@ MIGRATIONS: tuple[str, ...] = (
         next_at double precision NOT NULL
     );
     """,
+    # Which replica holds a delivery's lease, so a replica restarted after a crash releases
+    # its own at once (it holds its name's advisory lock: no live process holds them).
+    """
+    ALTER TABLE deliveries ADD COLUMN leased_by text;
+    CREATE INDEX deliveries_leased_by ON deliveries (leased_by)
+        WHERE state = 'pending' AND leased_by IS NOT NULL;
+    """,
 )
 
 VERSION_TABLE = "relay_schema"

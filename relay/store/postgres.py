@@ -7,8 +7,10 @@ Same semantics as the SQLite store (relay/store/base.py), shared by every replic
   replica stored it), their deliveries, and a NOTIFY per target that every replica's workers
   wake on (pg_listen.py); the other writes share group commits of their own (pg_writes.py);
 - a claim leases with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same delivery;
-  a lease is never released at start-up (another replica may hold it): a replica that dies
-  leaves its leases to run out, and then any replica claims those deliveries again;
+  a replica that dies leaves its leases to run out, and then any replica claims those
+  deliveries again. A daemon has a name (`replica`: its host name and listen port) held as an
+  advisory lock for as long as it runs (pg_replica.py); restarted under that name, it takes the
+  lock and releases at once the leases its dead predecessor held, which no live process holds;
 - pauses, attempt history, activity and the rate limit slots are rows every replica reads.
 
 Only what acknowledges an event waits for the server to flush its commit to disk. The worker's
@@ -57,6 +59,7 @@ from relay.store.pg_ingest import Ingester
 from relay.store.pg_listen import Listener, WakeTargets, channel_name
 from relay.store.pg_purge import purge_batch, rowcount
 from relay.store.pg_ratelimit import SharedRateLimiter
+from relay.store.pg_replica import ReplicaLock, release_leases_of
 from relay.store.pg_schema import MIGRATIONS, migrate
 from relay.store.pg_writes import PgGroupCommit, is_connection_loss
 from relay.store.purge import BATCH_EVENTS, Walk
@@ -88,7 +91,8 @@ def claimable(target: str) -> str:
 CLAIM = f"""
 WITH c AS (
     UPDATE deliveries SET attempts = attempts + 1,
-        first_attempt_at = COALESCE(first_attempt_at, $1), lease_until = $2, updated_at = $1
+        first_attempt_at = COALESCE(first_attempt_at, $1), lease_until = $2, updated_at = $1,
+        leased_by = $5
     WHERE id IN (SELECT d.id FROM deliveries d WHERE d.state = 'pending' AND d.target = $3
         AND d.next_attempt_at <= $1 AND d.lease_until <= $1 AND {claimable("$3")}
         ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED)
@@ -139,8 +143,10 @@ class PostgresStore:
         pool_size: int = POOL_SIZE,
         command_timeout_s: float = COMMAND_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        replica: str | None = None,
     ) -> None:
         self.url = url
+        self.replica = replica  # a daemon's name; its leases carry it
         self._clock = clock
         self._pool_size = pool_size
         self._command_timeout_s = command_timeout_s
@@ -203,8 +209,25 @@ class PostgresStore:
                 len(MIGRATIONS),
             )
         if daemon:
-            self._listener = Listener(self.connect_options(), self.channel)
+            self._listener = Listener(self.connect_options(), self.channel, self._replica_lock())
             await self._listener.start()
+            if self._listener.holds_replica_lock:
+                await self._release_predecessors_leases()
+
+    def _replica_lock(self) -> ReplicaLock | None:
+        return None if self.replica is None else ReplicaLock(self.url.schema, self.replica)
+
+    async def _release_predecessors_leases(self) -> None:
+        """Due at once: what this replica's name still held leased when its last run died."""
+        try:
+            released = await self._write(
+                partial(release_leases_of, replica=self.replica, now=self._clock())
+            )
+        except StoreError as exc:  # the leases run out instead
+            log.warning("replica %s: cannot release its earlier leases: %s", self.replica, exc)
+            return
+        if released:
+            log.info("replica %s: released %d leases its previous run held", self.replica, released)
 
     async def migrate(self) -> int:
         """Run the migrations the schema lacks; how many ran."""
@@ -313,7 +336,9 @@ class PostgresStore:
 
     async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
         now = self._clock()
-        rows = await self._fetch(CLAIM, now, now + lease_s, target, limit, relaxed=True)
+        rows = await self._fetch(
+            CLAIM, now, now + lease_s, target, limit, self.replica, relaxed=True
+        )
         deliveries, unreadable = [], []
         for row in rows:
             delivery_id, attempt, first_attempt_at, key = tuple(row[:4])
