@@ -14,6 +14,7 @@ import pytest
 from relay.cli import main
 from relay.errors import StoreError
 from relay.events import Event
+from relay.store import pg_schema
 from relay.store.base import AttemptResult
 from relay.store.pg_ratelimit import SharedRateLimiter
 from relay.store.pg_schema import MIGRATIONS, VERSION_TABLE
@@ -79,6 +80,26 @@ async def test_a_schema_newer_than_this_relay_is_refused_with_what_to_do(
         message
     )
     assert "Run that version of relay (or newer)" in message
+
+
+async def test_a_schema_written_by_an_older_relay_is_migrated_with_its_rows(
+    url: PostgresUrl, pg: Postgres, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as older:
+        older.setattr(pg_schema, "MIGRATIONS", MIGRATIONS[:1])
+        first_release = PostgresStore(url, clock)
+        await first_release.open()
+        await first_release.ingest(event("e1"), ["a"])
+        await first_release.close()
+    upgraded = PostgresStore(url, clock, replica="host-a:8080")
+    await upgraded.open()
+    try:
+        versions = await pg.fetch(f'SELECT version FROM "{url.schema}".{VERSION_TABLE}')
+        assert versions == [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+        (delivery,) = await upgraded.claim("a", 10, lease_s=30)
+        assert delivery.event.id == "e1"
+    finally:
+        await upgraded.close()
 
 
 async def test_a_password_never_appears_in_a_connection_error(clock: FakeClock) -> None:
