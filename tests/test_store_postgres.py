@@ -102,6 +102,21 @@ async def test_a_schema_written_by_an_older_relay_is_migrated_with_its_rows(
         await upgraded.close()
 
 
+async def test_the_workers_pool_commits_without_waiting_and_plans_once(
+    replicas: list[PostgresStore],
+) -> None:
+    """Ingest's connections wait for the disk and plan as PostgreSQL chooses; the worker's
+    (claims, results, rate slots) do neither: see relay/store/postgres.py."""
+    store = replicas[0]
+    settings = (
+        "SELECT current_setting('synchronous_commit') || ' ' || current_setting('plan_cache_mode')"
+    )
+    async with store._acquire() as conn:
+        assert await conn.fetchval(settings) == "on auto"
+    async with store._acquire_relaxed() as conn:
+        assert await conn.fetchval(settings) == "off force_generic_plan"
+
+
 async def test_a_password_never_appears_in_a_connection_error(clock: FakeClock) -> None:
     parsed = parse_store_url("postgresql://relay:hunter2@127.0.0.1:1/relay")
     assert isinstance(parsed, PostgresUrl)

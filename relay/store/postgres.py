@@ -17,7 +17,11 @@ Only what acknowledges an event waits for the server to flush its commit to disk
 own writes (claims, results, activity, rate slots) go through a second pool whose connections
 commit without waiting (`synchronous_commit = off`): a database crash may then lose the last
 few of them, and what that costs is a delivery sent again, which at-least-once allows; each
-attempt saves a disk flush (about 2 ms each on the machine in docs/benchmarks.md).
+attempt saves a disk flush (about 2 ms each on the machine in docs/benchmarks.md). That pool
+also plans each statement once (`plan_cache_mode = force_generic_plan`): the worker's
+statements have one shape and one best plan, the walk of a partial index, whatever their
+parameters, and the server's planning them anew for every claim and result cost about as much
+as running them (delivery 1.5x faster; docs/benchmarks.md).
 
 Times are the injected clock's (epoch seconds), as in the SQLite store: replicas' clocks must
 agree to well under a lease (NTP does). While no commit is possible (the server restarts,
@@ -188,7 +192,9 @@ class PostgresStore:
                 min_size=1,
                 max_size=self._pool_size,
                 reset=_keep,
-                **self.connect_options(synchronous_commit="off"),
+                **self.connect_options(
+                    synchronous_commit="off", plan_cache_mode="force_generic_plan"
+                ),
             )
         except Exception as exc:
             raise StoreError(
@@ -411,6 +417,7 @@ class PostgresStore:
             " ORDER BY d.next_attempt_at LIMIT 1",
             self._clock(),
             target,
+            relaxed=True,  # the worker's pool: planned once (see the module's docstring)
         )
         return float(rows[0][0]) if rows else None
 
