@@ -17,11 +17,13 @@ Only what acknowledges an event waits for the server to flush its commit to disk
 own writes (claims, results, activity, rate slots) go through a second pool whose connections
 commit without waiting (`synchronous_commit = off`): a database crash may then lose the last
 few of them, and what that costs is a delivery sent again, which at-least-once allows; each
-attempt saves a disk flush (about 2 ms each on the machine in docs/benchmarks.md). That pool
-also plans each statement once (`plan_cache_mode = force_generic_plan`): the worker's
-statements have one shape and one best plan, the walk of a partial index, whatever their
-parameters, and the server's planning them anew for every claim and result cost about as much
-as running them (delivery 1.5x faster; docs/benchmarks.md).
+attempt saves a disk flush (about 2 ms each on the machine in docs/benchmarks.md).
+
+That pool also fixes how its statements are planned (`WORKER_SETTINGS`). Each of them finds
+its rows through an index (a key, or the walk of a partial index), whatever the table's size
+and whatever its parameters. Left to itself the server planned every claim anew (as costly as
+running it), and cached a plan for the results made while the table was still small: a scan
+of the whole deliveries table per result, kept until autovacuum next analysed the table.
 
 Times are the injected clock's (epoch seconds), as in the SQLite store: replicas' clocks must
 agree to well under a lease (NTP does). While no commit is possible (the server restarts,
@@ -75,6 +77,13 @@ log = logging.getLogger("relay.store")
 T = TypeVar("T")
 
 POOL_SIZE = 10
+# The worker's pool: commits that do not wait for the disk, one plan per statement, made for
+# its index (see the module's docstring).
+WORKER_SETTINGS = {
+    "synchronous_commit": "off",
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+}
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0  # a statement the server does not answer fails: ingest answers 503
 PURGE_REST_RATIO = 1.0  # retention rests as long as each batch took
@@ -192,9 +201,7 @@ class PostgresStore:
                 min_size=1,
                 max_size=self._pool_size,
                 reset=_keep,
-                **self.connect_options(
-                    synchronous_commit="off", plan_cache_mode="force_generic_plan"
-                ),
+                **self.connect_options(**WORKER_SETTINGS),
             )
         except Exception as exc:
             raise StoreError(
@@ -417,7 +424,7 @@ class PostgresStore:
             " ORDER BY d.next_attempt_at LIMIT 1",
             self._clock(),
             target,
-            relaxed=True,  # the worker's pool: planned once (see the module's docstring)
+            relaxed=True,  # the worker's pool: its plan (see the module's docstring)
         )
         return float(rows[0][0]) if rows else None
 
