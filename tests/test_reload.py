@@ -89,6 +89,12 @@ async def deliveries_of(
     return [r for r in records if r.target == target and done(r)]
 
 
+def failed_once(record: DeliveryRecord) -> bool:
+    """Its first attempt is recorded as failed and a retry waits: not only claimed (a claim
+    counts the attempt before the request is even sent)."""
+    return record.attempts == 1 and record.state == "pending" and record.last_status == 503
+
+
 def metric(relay: Relay, name: str) -> float:
     text = daemon_of(relay).metrics.exposition().decode()
     (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
@@ -177,7 +183,7 @@ async def test_a_removed_targets_deliveries_wait_and_resume_when_it_returns(
     relay = await start_relay(path, clock=clock)
     second.default = Reply(503, "down")
     assert (await relay.post("/hooks/app", {"id": "e1", "type": "t"})).status == 202
-    await deliveries_of(relay, "b", lambda r: r.attempts == 1 and r.state == "pending")
+    await deliveries_of(relay, "b", failed_once)
 
     write_config(two_targets(http(f"{receiver.url}/a"), None))
     with caplog.at_level(logging.INFO, logger="relay"):
@@ -231,7 +237,7 @@ async def test_deliveries_of_targets_gone_from_the_config_are_reported_at_start(
     relay = await start_relay(path, clock=clock)
     second.default = Reply(503, "down")
     assert (await relay.post("/hooks/app", {"id": "e1", "type": "t"})).status == 202
-    await deliveries_of(relay, "b", lambda r: r.attempts == 1 and r.state == "pending")
+    await deliveries_of(relay, "b", failed_once)
     await relay.client.close()
 
     write_config(two_targets(http(f"{receiver.url}/a"), None))
@@ -287,7 +293,7 @@ async def test_a_changed_template_is_used_for_already_stored_deliveries(
     relay = await start_relay(path, clock=clock)
     receiver.default = Reply(503, "busy")
     assert (await relay.post("/hooks/app", {"id": "e1", "type": "t"})).status == 202
-    await deliveries_of(relay, "out", lambda r: r.attempts == 1 and r.state == "pending")
+    await deliveries_of(relay, "out", failed_once)
     assert receiver.received[0].body == b'{"v": 1, "id": "e1"}'
 
     changed = (
