@@ -204,24 +204,24 @@ async def test_a_replica_restarted_under_its_name_releases_its_own_leases_at_onc
     await asyncio.gather(first.open(), other.open())
     opened = [first, other]
     try:
-        await first.ingest(event("e1"), ["a"])
-        await first.ingest(event("e2"), ["a"])
+        for event_id in ("e1", "e2", "e3"):
+            await first.ingest(event(event_id), ["a"])
         (mine,) = await first.claim("a", 1, lease_s=30)
         (theirs,) = await other.claim("a", 1, lease_s=30)
-        twin = PostgresStore(url, clock, replica="host-a:8080")  # a live namesake: no release
+        twin = PostgresStore(url, clock, replica="host-a:8080")  # a live namesake
         opened.append(twin)
-        await twin.open()
-        assert await twin.claim("a", 10, lease_s=30) == []
+        await twin.open()  # releases nothing of the first's
         assert "replica host-a:8080: another live relay uses this name" in caplog.text
-        await twin.close()
-        await first.close()  # as if it died holding its lease
+        (twins,) = await twin.claim("a", 10, lease_s=30)
+        await first.close()  # as if it died holding its lease; the twin lives on
         restarted = PostgresStore(url, clock, replica="host-a:8080")
         opened.append(restarted)
         await restarted.open()
         assert "replica host-a:8080: released 1 leases its previous run held" in caplog.text
         (again,) = await restarted.claim("a", 10, lease_s=30)  # at once, not in 30 s
         assert (again.event.id, again.attempt) == (mine.event.id, 2)
-        assert theirs.event.id != mine.event.id  # the other replica's lease still holds
+        # The other replica's lease holds, and so does the live namesake's.
+        assert len({mine.event.id, theirs.event.id, twins.event.id}) == 3
         assert await restarted.claim("a", 10, lease_s=30) == []
     finally:
         for store in opened:

@@ -6,7 +6,8 @@ replica restarted (a container restarted in its pod, a unit restarted by systemd
 sit out that wait. It takes a session advisory lock on its name for as long as it runs;
 whoever holds the lock is the only live process with that name, so the leases that name holds
 belong to a run that is gone and are released at once. Two live processes given the same name
-cannot both hold it: the second does not release anything and says so.
+cannot both hold it: the second releases nothing, says so, and tags its own claims with a name
+of its own run, so that a restart of the first never releases them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ReplicaLock:
         if not held and not self._warned:
             log.warning(
                 "replica %s: another live relay uses this name (same host name and listen"
-                " port) on this store; neither releases the other's leases at start-up",
+                " port) on this store; neither releases the other's leases",
                 self.replica,
             )
         self._warned = not held

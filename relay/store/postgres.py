@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
@@ -159,7 +160,8 @@ class PostgresStore:
         replica: str | None = None,
     ) -> None:
         self.url = url
-        self.replica = replica  # a daemon's name; its leases carry it
+        self.replica = replica  # a daemon's name
+        self._lease_owner = replica  # what its claims carry: the name, while its lock is held
         self._clock = clock
         self._pool_size = pool_size
         self._command_timeout_s = command_timeout_s
@@ -226,6 +228,9 @@ class PostgresStore:
             await self._listener.start()
             if self._listener.holds_replica_lock:
                 await self._release_predecessors_leases()
+            elif self.replica is not None:  # a live namesake, or no server yet: a name of
+                # this run's own, whose leases no restart under the shared name releases
+                self._lease_owner = f"{self.replica}/{secrets.token_hex(4)}"
 
     def _replica_lock(self) -> ReplicaLock | None:
         return None if self.replica is None else ReplicaLock(self.url.schema, self.replica)
@@ -350,7 +355,7 @@ class PostgresStore:
     async def claim(self, target: str, limit: int, lease_s: float) -> list[Delivery]:
         now = self._clock()
         rows = await self._fetch(
-            CLAIM, now, now + lease_s, target, limit, self.replica, relaxed=True
+            CLAIM, now, now + lease_s, target, limit, self._lease_owner, relaxed=True
         )
         deliveries, unreadable = [], []
         for row in rows:
