@@ -239,6 +239,11 @@ async def test_a_target_down_for_a_while_gets_every_event_within_its_bound_and_a
                 15,
                 lambda: f"missing: {some(early - set(event_ids(receiver)))}" + relay.output(),
             )
+            await wait_until(  # each result recorded too, which follows the receiver's answer
+                lambda: all(state == "delivered" for state, _, _ in attempts_of(db).values()),
+                10,
+                lambda: f"recorded: {attempts_of(db)}" + relay.output(),
+            )
             for event_id, (state, first_at, attempts) in attempts_of(db).items():
                 assert state == "delivered", (event_id, state, attempts)
                 assert first_at is not None
