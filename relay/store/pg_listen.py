@@ -61,17 +61,12 @@ class Listener:
         conn.add_termination_listener(self._terminated)
         try:
             await conn.add_listener(self.channel, self._notified)
+            if self._lock is not None:
+                self.holds_replica_lock = await self._lock.take(conn)
         except Exception as exc:
             log.warning("cannot listen for new events (%s): polling meanwhile", exc)
             conn.terminate()
             return False
-        if self._lock is not None:
-            try:
-                self.holds_replica_lock = await self._lock.take(conn)
-            except Exception as exc:
-                log.warning("cannot listen for new events (%s): polling meanwhile", exc)
-                conn.terminate()
-                return False
         if self._warned:
             log.info("listening for new events again")
             self._warned = False
