@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +37,6 @@ from procs import (
     CpuMeter,
     Server,
     free_port,
-    get_json,
     helper_server,
     relay_server,
     run_script,
@@ -148,7 +146,7 @@ def fanout_one(s: BaselineSettings, work: Path, fanout: int, problems: Problems)
             meter = CpuMeter([relay])
             for name in targets:
                 post_admin(config.admin_port, f"/api/targets/{name}/resume")
-            stats = wait_for_requests(receiver, events * fanout, timeout_s=120.0)
+            stats = wait_for_receiver(receiver, events * fanout, 120.0, counting="requests")
             delivery_cpu = meter.stop()
     problems.expect_statuses(tag, ingest, "202")
     deliveries = events * fanout
@@ -168,16 +166,6 @@ def fanout_one(s: BaselineSettings, work: Path, fanout: int, problems: Problems)
         "delivery_cpu_us_per_delivery": delivery_cpu["relay_cpu_s"] / deliveries * 1e6,
         "delivery_cpu_us_per_event": delivery_cpu["relay_cpu_s"] / events * 1e6,
     }
-
-
-def wait_for_requests(receiver: Server, requests: int, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats: dict[str, Any] = get_json(f"{receiver.url}/stats")
-        if stats["requests"] >= requests or time.monotonic() > deadline:
-            return stats
-        receiver.check_alive()
-        time.sleep(0.05)
 
 
 def fanout(s: BaselineSettings, work: Path, problems: Problems) -> list[dict[str, Any]]:

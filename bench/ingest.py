@@ -238,11 +238,15 @@ def metered(servers: list[Server], load: Callable[[], dict[str, Any]]) -> dict[s
     return result
 
 
-def wait_for_receiver(receiver: Server, events: int, timeout_s: float) -> dict[str, Any]:
+def wait_for_receiver(
+    receiver: Server, events: int, timeout_s: float, counting: str = "events"
+) -> dict[str, Any]:
+    """The receiver's stats once its `counting` figure (distinct "events" or all "requests")
+    reaches `events`, or at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         stats: dict[str, Any] = get_json(f"{receiver.url}/stats")
-        if stats["events"] >= events or time.monotonic() > deadline:
+        if stats[counting] >= events or time.monotonic() > deadline:
             return stats
         receiver.check_alive()
         time.sleep(0.05)

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 import report
 import yaml
+from ingest import wait_for_receiver
 from loadgen import percentiles_ms
 from procs import BenchError, Server, free_port, get_json, helper_server, relay_server, run_loadgen
 
@@ -213,15 +214,10 @@ def delivery_latencies(
 
 
 def wait_for(receiver: Server, events: int, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats: dict[str, Any] = get_json(f"{receiver.url}/stats")
-        if stats["events"] >= events:
-            return stats
-        if time.monotonic() > deadline:
-            raise BenchError(f"receiver got {stats['events']} of {events} events")
-        receiver.check_alive()
-        time.sleep(0.05)
+    stats = wait_for_receiver(receiver, events, timeout_s)
+    if stats["events"] < events:
+        raise BenchError(f"receiver got {stats['events']} of {events} events")
+    return stats
 
 
 def _statuses(runs: list[dict[str, Any]]) -> dict[str, int]:
